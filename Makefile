@@ -1,0 +1,45 @@
+# The front door: `make demo` and `make test` work on a fresh machine with only Python 3.11+.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bootstrapped
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv sandbox-up sandbox-down demo test pytest lint sanity constraints clean
+
+help:
+	@echo "make demo          start the sandbox and rotate the demo service's credential"
+	@echo "make test          install everything into .venv and run every gate and test"
+	@echo "make sandbox-up    start the platform API sandbox and Kubernetes emulator (.sandbox/env)"
+	@echo "make sandbox-down  stop them"
+
+$(STAMP): requirements.txt requirements-test.txt constraints.txt hack/bootstrap.sh
+	bash hack/bootstrap.sh
+
+venv: $(STAMP)
+
+sandbox-up: venv
+	$(PY) -m tests.sandbox up
+
+sandbox-down:
+	@if [ -x $(PY) ]; then $(PY) -m tests.sandbox down; else echo "sandbox was not running"; fi
+
+demo: venv
+	$(PY) -m tests.sandbox up
+	bash hack/demo.sh
+
+test: venv
+	$(MAKE) --no-print-directory pytest
+
+pytest: venv
+	$(PY) -m pytest tests
+
+constraints:
+	rm -rf .cache/constraints-venv && python3 -m venv .cache/constraints-venv
+	.cache/constraints-venv/bin/pip install -q -r requirements.txt -r requirements-test.txt
+	{ sed -n '1,2p' constraints.txt; .cache/constraints-venv/bin/pip freeze; } > constraints.new && mv constraints.new constraints.txt
+
+clean: sandbox-down
+	rm -rf .venv .collections .cache .sandbox .pytest_cache .ruff_cache tests/output docs/build
