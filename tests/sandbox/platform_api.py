@@ -352,8 +352,9 @@ def parse_fault(body: Any, rule_id: int) -> FaultRule:
     if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z]+|\*", method):
         raise _validation("method must be an HTTP method such as 'GET' or 'POST', or '*' for any.")
     path = body.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise _validation("path must be a string starting with '/', optionally ending in '*' for a prefix match.")
+    if not isinstance(path, str) or not (path.startswith("/") or path == "*"):
+        raise _validation("path must be a string starting with '/', optionally ending in '*' for a prefix match, "
+                          "or '*' for every API path.")
     status = body.get("status")
     if status is not None and (type(status) is not int or not 100 <= status <= 599):
         raise _validation("status must be an integer HTTP status from 100 to 599, or null.")
@@ -758,6 +759,9 @@ class PlatformHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "xapi-platform-sandbox/1.0"
     timeout = IDLE_TIMEOUT
+    # Headers and body leave in separate writes; with Nagle on, a client's delayed
+    # ACK would add ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server: PlatformServer
 
     def version_string(self) -> str:
