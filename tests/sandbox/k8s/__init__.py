@@ -1,0 +1,1 @@
+"""Kubernetes API emulator for the sandbox (see README.md here)."""
