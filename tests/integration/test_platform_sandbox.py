@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import http.client
 import json
 import os
 import re
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -239,6 +242,44 @@ def test_unknown_routes_and_methods(plat: Any) -> None:
     assert error_of(plat.api("GET", "/api/v1/nothing-here"))[:2] == (404, "not_found")
     response = plat.api("DELETE", f"{USERS}/su_{'0' * 24}")
     assert error_of(response)[:2] == (405, "method_not_allowed") and response.headers["Allow"] == "GET"
+    # Counted under the route template, not the raw path.
+    assert plat.state()["requests"]["by_route"] == {
+        "GET (unknown route)": {"404": 1}, "DELETE /api/v1/system-users/{id}": {"405": 1}}
+
+
+def test_keep_alive_and_request_framing(plat: Any) -> None:
+    if plat.url.startswith("https"):
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            urlsplit(plat.url).netloc, context=ssl.create_default_context(cafile=plat.ca_path), timeout=10)
+    else:
+        connection = http.client.HTTPConnection(urlsplit(plat.url).netloc, timeout=10)
+    headers = {"Authorization": f"Bearer {plat.admin_token}"}
+    for _ in range(3):  # one connection, several answers: keep-alive works
+        connection.request("GET", "/api/v1/tenants", headers=headers)
+        answer = connection.getresponse()
+        assert answer.status == 200 and answer.version == 11 and answer.getheader("Connection") is None
+        answer.read()
+    first_socket = connection.sock
+    # Announce a body over the 1 MiB limit; the answer comes before any of it is sent.
+    connection.putrequest("POST", USERS)
+    for key, value in {**headers, "Content-Length": str(2 << 20), "Content-Type": "application/json"}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    answer = connection.getresponse()
+    assert answer.status == 413 and json.loads(answer.read())["error"]["code"] == "payload_too_large"
+    assert answer.getheader("Connection") == "close"
+    connection.close()
+    connection.connect()
+    assert connection.sock is not first_socket
+    connection.putrequest("POST", USERS)
+    for key, value in {**headers, "Transfer-Encoding": "chunked", "Content-Type": "application/json"}.items():
+        connection.putheader(key, value)
+    connection.endheaders(b"0\r\n\r\n")
+    answer = connection.getresponse()
+    assert answer.status == 411 and json.loads(answer.read())["error"]["code"] == "length_required"
+    connection.close()
+    assert plat.state()["system_users"] == []
+    assert plat.state()["requests"]["by_route"]["POST /api/v1/system-users"] == {"413": 1, "411": 1}
 
 
 # --------------------------------------------------------------------------- clock and activation

@@ -32,6 +32,7 @@ import ssl
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -535,16 +536,20 @@ class Platform:
         row = self.store.by_token_hash(token_hash)
         return (Caller("user", row) if row is not None else Caller("unknown")), token_hash
 
-    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str], str]:
+        """The route for this request, its path parameters, the methods the path allows, its counter template."""
         allowed: list[str] = []
+        template = "(unknown route)"
         for route in self.routes:
             found = route.pattern.match(path)
             if found is None:
                 continue
             if route.method == method:
-                return route, found.groupdict(), allowed
+                return route, found.groupdict(), allowed, route.template
+            if not allowed:
+                template = route.template
             allowed.append(route.method)
-        return None, {}, allowed
+        return None, {}, allowed, template
 
     def authorize(self, route: Route, caller: Caller) -> None:
         unauthorized = {"WWW-Authenticate": 'Bearer realm="xapi", error="invalid_token"'}
@@ -591,6 +596,10 @@ class Platform:
             return route.handler(request)
         except ApiError as exc:
             return Response(exc.status, {"error": {"code": exc.code, "message": redact(exc.message)}}, exc.headers)
+        except Exception:  # a sandbox bug: answer like a server would, and keep the evidence
+            sys.stderr.write(redact(traceback.format_exc()))
+            return Response(500, {"error": {"code": "internal_error",
+                                            "message": "The platform sandbox failed; see its log."}})
 
     # ---- API routes
 
@@ -826,9 +835,8 @@ class PlatformHandler(BaseHTTPRequestHandler):
         method = self.command.upper()
         body = self._read_body()
         caller, _ = platform.identify(self.headers.get("Authorization"))
-        route, params, allowed = platform.match(method, path)
+        route, params, allowed, template = platform.match(method, path)
         is_control = path == SANDBOX_PREFIX or path.startswith(SANDBOX_PREFIX + "/")
-        template = route.template if route else ("(unknown route)" if not allowed else path)
         route_key = f"{method} {template}"
 
         rule = None if is_control else platform.faults.take(method, path)
@@ -894,6 +902,8 @@ class PlatformServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], platform: Platform, tls: ssl.SSLContext | None = None) -> None:
         self.platform = platform
         self.tls = tls
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, PlatformHandler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
