@@ -271,9 +271,11 @@ class XapiClient:
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
         # verify=ca_path pins the CA; False only when the operator explicitly turned checks off.
-        self.session.verify = ca_path if (validate_certs and ca_path) else bool(validate_certs)
-        # Environment proxies and REQUESTS_CA_BUNDLE still apply (trust_env stays on); .netrc
-        # must not inject a second Authorization header, so auth is set per request.
+        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE
+        # override a session's verify, which would silently ignore ca_path or validate_certs.
+        self._verify: bool | str = ca_path if (validate_certs and ca_path) else bool(validate_certs)
+        # Environment proxies still apply (trust_env stays on); the Authorization header is set
+        # per request, which also keeps a .netrc entry from replacing it.
 
         idempotent = HTTPAdapter(
             max_retries=Retry(
@@ -358,7 +360,7 @@ class XapiClient:
         url = self.base_url + path
         try:
             response = self.session.request(method, url, headers=headers, json=json, params=params,
-                                            timeout=self.timeout, allow_redirects=False)
+                                            timeout=self.timeout, verify=self._verify, allow_redirects=False)
         except requests.exceptions.SSLError as exc:
             raise XapiError(
                 f"TLS verification of the platform API at {self.host} failed ({self._tls_reason(exc)}): set ca_path to "
@@ -493,9 +495,10 @@ class XapiClient:
                 text += f" (the API said: {message})"
             return XapiError(text + ".", status=status, code=code)
         if status == 403:
-            detail = message or "no reason given"
-            return XapiError(f"the API token is not allowed to {what}: {detail}; use a token that has that "
-                             "permission.", status=status, code=code)
+            if message:
+                return XapiError(f"the API token is not allowed to {what}: {message}.", status=status, code=code)
+            return XapiError(f"the API token is not allowed to {what} (HTTP 403 without a reason): use a token "
+                             "with the platform's system-users permissions.", status=status, code=code)
         if status == 404:
             if not_found and (code == "not_found" or message):
                 return XapiError(not_found + ".", status=status, code=code)
@@ -597,6 +600,9 @@ class XapiClient:
             body["description"] = description
         orphans: list[str] = []
         unknown_outcomes = 0
+        if self._server_clock is None:
+            # Learn the platform's clock first (modules have already looked the name up by now).
+            self.find_active(name)
         # Users of this name created from here on can only be this call's; the slack covers the
         # one-second resolution of created_at and of the Date header the clock follows.
         started = self.now() - timedelta(seconds=CLOCK_SLACK_SECONDS)

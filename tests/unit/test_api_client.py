@@ -1,0 +1,381 @@
+"""The API client (plugins/module_utils/_api.py) against the platform sandbox over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ansible_collections.xapi.system_auth.plugins.module_utils import _api
+from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
+    USER_AGENT,
+    XapiClient,
+    XapiError,
+    days_remaining,
+    fingerprint,
+    is_expired,
+    redact,
+)
+from tests.unit.helpers import add_fault, create_user, route_counts, users_of
+
+USERS = "/api/v1/system-users"
+T0 = datetime(2026, 12, 3, 10, 0, 0, tzinfo=UTC)
+
+
+def client(api: Any, **kwargs: Any) -> XapiClient:
+    kwargs.setdefault("retries", 2)
+    return XapiClient(api.url, kwargs.pop("token", api.admin_token), **kwargs)
+
+
+def error_of(call: Any) -> XapiError:
+    with pytest.raises(XapiError) as caught:
+        call()
+    return caught.value
+
+
+# -- dates and fingerprints: one definition, checked at its edges ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "now", "days", "expired"),
+    [
+        ("2027-03-03T10:00:00Z", T0, 90, False),
+        ("2027-03-03T09:59:59Z", T0, 89, False),  # one second short of 90 days: 89 whole days
+        ("2026-12-04T10:00:00Z", T0, 1, False),
+        ("2026-12-03T10:00:01Z", T0, 0, False),
+        ("2026-12-03T10:00:00Z", T0, 0, True),  # the instant of expiry counts as expired
+        ("2026-12-03T09:59:59Z", T0, -1, True),  # expired a second ago: negative
+        ("2026-12-01T10:00:00Z", T0, -2, True),
+        ("2026-12-03T12:00:00+02:00", T0, 0, True),  # offsets are honoured: this is 10:00Z
+    ],
+)
+def test_days_remaining_is_whole_days_rounded_down(expires_at: str, now: datetime, days: int, expired: bool) -> None:
+    assert days_remaining(expires_at, now) == days
+    assert is_expired(expires_at, now) is expired
+
+
+def test_fingerprint_is_the_first_8_hex_of_sha256() -> None:
+    token = "xsu_" + "A" * 43
+    assert fingerprint(token) == hashlib.sha256(token.encode()).hexdigest()[:8]
+    assert len(fingerprint(token)) == 8 and fingerprint(token) != fingerprint(token + "B")
+
+
+def test_redact_removes_known_secrets_token_shapes_and_bearer_values() -> None:
+    text = redact("got secret-value, xsu_abcdefghijklmnopqrstuvwxyz and Authorization: Bearer abc.def",
+                  ["secret-value"])
+    assert "secret-value" not in text and "xsu_abc" not in text and "abc.def" not in text
+    assert text.count(_api.REDACTED) == 3
+
+
+# -- what goes over the wire ------------------------------------------------------------------
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(dict(self.headers.items()))
+        body = json.dumps({"data": [], "meta": {"page": 1, "per_page": 100, "total": 0, "total_pages": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_requests_carry_bearer_token_and_collection_user_agent() -> None:
+    # The sandbox does not report request headers, so a tiny local server records them.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        XapiClient(f"http://127.0.0.1:{server.server_address[1]}", "xadm_recorded").list_users(name="x")
+    finally:
+        server.shutdown()
+    headers = {k.lower(): v for k, v in _Recorder.seen[-1].items()}
+    assert headers["authorization"] == "Bearer xadm_recorded"
+    assert headers["user-agent"] == USER_AGENT == "xapi.system_auth/0.1.0 (+ansible)"
+
+
+# -- retries of idempotent requests -----------------------------------------------------------
+
+
+def test_get_is_retried_through_a_503_burst(api: Any) -> None:
+    user_id, _ = create_user(api, "burst")
+    add_fault(api, method="GET", path=f"{USERS}/*", status=503, count=2)
+    assert client(api).get_user(user_id)["id"] == user_id
+    assert route_counts(api, "GET /api/v1/system-users/{id}") == {"503": 2, "200": 1}
+
+
+def test_get_gives_up_after_the_configured_retries_with_one_sentence(api: Any) -> None:
+    add_fault(api, method="GET", path=USERS, status=503, count=None)
+    err = error_of(lambda: client(api, retries=2).list_users())
+    assert err.msg.startswith("the platform API at 127.0.0.1:")
+    assert "answered HTTP 503 to GET /api/v1/system-users after 2 retries" in err.msg
+    assert route_counts(api, "GET /api/v1/system-users") == {"503": 3}
+
+
+def test_429_retry_after_is_honoured(api: Any) -> None:
+    add_fault(api, method="GET", path=USERS, status=429, count=1, retry_after=1)
+    started = time.monotonic()
+    client(api).list_users()
+    assert time.monotonic() - started >= 0.9
+    assert route_counts(api, "GET /api/v1/system-users") == {"429": 1, "200": 1}
+
+
+def test_deactivate_is_retried_because_it_is_idempotent(api: Any) -> None:
+    user_id, _ = create_user(api, "retired")
+    add_fault(api, method="POST", path=f"{USERS}/*", status=502, count=2)
+    assert client(api).deactivate_user(user_id)["active"] is False
+    assert route_counts(api, "POST /api/v1/system-users/{id}/deactivate") == {"502": 2, "200": 1}
+
+
+def test_500_is_not_retried(api: Any) -> None:
+    add_fault(api, method="GET", path=USERS, status=500, count=None)
+    err = error_of(lambda: client(api).list_users())
+    assert "answered HTTP 500 to GET /api/v1/system-users" in err.msg
+    assert route_counts(api, "GET /api/v1/system-users") == {"500": 1}
+
+
+# -- create: never two credentials where one was meant ----------------------------------------
+
+
+def test_create_returns_user_and_a_working_token(api: Any) -> None:
+    user, token = client(api).create_user("fresh", "a description", 30)
+    assert user["name"] == "fresh" and user["description"] == "a description" and user["active"] is True
+    info = api.api("GET", f"{USERS}/token-info", token=token)
+    assert info.status_code == 200 and info.json()["data"]["id"] == user["id"]
+
+
+def test_create_503_is_not_repeated_blindly_but_after_a_lookup(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, status=503, count=1)
+    user, _ = client(api).create_user("after-503", None, 30)
+    assert route_counts(api, "POST /api/v1/system-users") == {"503": 1, "201": 1}
+    # The lookup by name between the two attempts.
+    assert route_counts(api, "GET /api/v1/system-users").get("200", 0) >= 1
+    assert [u["id"] for u in users_of(api, "after-503")] == [user["id"]]
+
+
+def test_create_with_lost_answer_leaves_exactly_one_active_user_whose_token_we_hold(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=1)
+    user, token = client(api).create_user("lost-once", None, 30)
+    users = users_of(api, "lost-once")
+    active = [u for u in users if u["active"]]
+    assert [u["id"] for u in active] == [user["id"]]
+    assert len(users) == 2  # the orphan whose token was lost, now inactive
+    assert api.api("GET", f"{USERS}/token-info", token=token).json()["data"]["id"] == user["id"]
+
+
+def test_create_with_two_lost_answers_fails_and_leaves_nothing_active(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=2)
+    err = error_of(lambda: client(api).create_user("lost-twice", None, 30))
+    users = users_of(api, "lost-twice")
+    assert len(users) == 2 and not any(u["active"] for u in users)
+    assert sorted(err.details["orphaned_ids"]) == sorted(u["id"] for u in users)
+    assert "both answers were lost" in err.msg and "re-run the task" in err.msg
+
+
+def test_create_read_timeout_then_late_commit_still_ends_with_one_active_user(api: Any) -> None:
+    # The first create is slow: the client gives up waiting, looks the name up (nothing yet) and
+    # creates again while the first one is still in flight.
+    add_fault(api, method="POST", path=USERS, latency=1.5, count=1)
+    user, token = client(api, timeout=0.5).create_user("slow", None, 30)
+    time.sleep(1.5)  # let the first request finish on the server
+    active = [u for u in users_of(api, "slow") if u["active"]]
+    assert [u["id"] for u in active] == [user["id"]]
+    assert api.api("GET", f"{USERS}/token-info", token=token).status_code == 200
+
+
+def test_lost_answer_never_deactivates_a_user_this_call_did_not_create(api: Any) -> None:
+    existing_id, _ = create_user(api, "theirs")
+    api.api("POST", "/_sandbox/clock", json={"advance_seconds": 60}).raise_for_status()
+    add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=1)
+    err = error_of(lambda: client(api).create_user("theirs", None, 30))
+    assert f"an active system user named theirs ({existing_id}) exists that this task did not create" in err.msg
+    assert [u["id"] for u in users_of(api, "theirs") if u["active"]] == [existing_id]
+
+
+def test_create_conflict_is_the_apis_own_message(api: Any) -> None:
+    create_user(api, "taken")
+    err = error_of(lambda: client(api).create_user("taken", None, 30))
+    assert err.status == 409
+    assert err.msg.startswith("the platform refused to create system user taken: ")
+    assert "already exists" in err.msg
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def test_list_walks_every_page(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_api, "LIST_PAGE_SIZE", 5)
+    ids = [create_user(api, f"paged-{n:02d}")[0] for n in range(12)]
+    listed = client(api).list_users()
+    assert sorted(u["id"] for u in listed) == sorted(ids)
+    assert route_counts(api, "GET /api/v1/system-users") == {"200": 3}
+
+
+def test_list_by_name_and_active_filter(api: Any) -> None:
+    old_id, _ = create_user(api, "svc")
+    api.api("POST", f"{USERS}/{old_id}/deactivate").raise_for_status()
+    new_id, _ = create_user(api, "svc")
+    create_user(api, "svc-other")
+    c = client(api)
+    assert {u["id"] for u in c.list_users(name="svc")} == {old_id, new_id}
+    assert [u["id"] for u in c.list_users(name="svc", active=True)] == [new_id]
+    assert c.find_active("svc")["id"] == new_id
+    assert c.find_active("nobody") is None
+
+
+def test_unknown_id_is_none_for_reads_and_an_error_naming_it_for_deactivate(api: Any) -> None:
+    c = client(api)
+    assert c.get_user("su_000000000000000000000000") is None
+    err = error_of(lambda: c.deactivate_user("su_000000000000000000000000"))
+    assert err.msg == "system user su_000000000000000000000000 was not found."
+
+
+def test_days_remaining_follow_the_platforms_clock(api: Any) -> None:
+    user_id, _ = create_user(api, "clocked", days=90)
+    api.api("POST", "/_sandbox/clock", json={"advance_seconds": int(85.5 * 86400)}).raise_for_status()
+    c = client(api)
+    user = c.get_user(user_id)
+    assert days_remaining(user["expires_at"], c.now()) == 4
+    api.api("POST", "/_sandbox/clock", json={"advance_seconds": 5 * 86400}).raise_for_status()
+    user = c.get_user(user_id)
+    assert days_remaining(user["expires_at"], c.now()) == -1
+    assert is_expired(user["expires_at"], c.now())
+
+
+def test_token_info_and_verify_access(api: Any) -> None:
+    user_id, token = create_user(api, "self")
+    c = XapiClient(api.url, None)
+    assert c.token_info(token)["id"] == user_id
+    c.verify_access(token)
+    err = error_of(lambda: c.token_info(api.admin_token))
+    assert "not a system user token" in err.msg
+
+
+# -- one sentence for each failure, never a token ---------------------------------------------
+
+
+def test_wrong_token_gives_the_401_sentence_without_the_token(api: Any) -> None:
+    wrong = "xadm_" + "W" * 43
+    err = error_of(lambda: client(api, token=wrong).list_users())
+    assert err.msg.startswith("the API token was rejected: expired, deactivated or wrong")
+    assert wrong not in err.msg and "WWWWWWWW" not in err.msg
+
+
+def test_system_user_token_on_admin_route_names_the_missing_permission(api: Any) -> None:
+    user_id, token = create_user(api, "weak")
+    err = error_of(lambda: client(api, token=token).deactivate_user(user_id))
+    assert err.status == 403
+    assert err.msg.startswith(f"the API token is not allowed to deactivate system user {user_id}: ")
+    assert "system-users:write" in err.msg
+    err = error_of(lambda: client(api, token=token).list_users())
+    assert err.msg.startswith("the API token is not allowed to list system users: ")
+    assert "system-users:read" in err.msg
+    assert token not in err.msg
+
+
+def test_api_message_echoing_a_token_is_scrubbed(api: Any) -> None:
+    echoed = "xsu_" + "E" * 43
+    add_fault(api, method="GET", path=USERS, status=422, count=1,
+              body=json.dumps({"error": {"code": "validation_failed", "message": f"bad token {echoed}"}}),
+              content_type="application/json")
+    err = error_of(lambda: client(api).list_users())
+    assert echoed not in err.msg and "<redacted>" in err.msg
+
+
+@pytest.mark.parametrize("body", ["<html><body>502 Bad Gateway</body></html>", '{"data": [', '{"items": []}'])
+def test_a_body_that_is_not_the_expected_json(api: Any, body: str) -> None:
+    add_fault(api, method="GET", path=USERS, status=200, count=1, body=body, content_type="text/html")
+    err = error_of(lambda: client(api).list_users())
+    assert "with a body that is not the expected JSON (text/html)" in err.msg
+    assert "not a proxy or login page" in err.msg
+
+
+def test_connection_refused_names_the_host(api: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nothing listens once closed
+    err = error_of(lambda: XapiClient(f"http://127.0.0.1:{port}", "t", retries=1).list_users())
+    assert err.msg == (f"cannot reach the platform API at 127.0.0.1:{port}: connection refused (after 1 retries); "
+                       "check api_url and that the API is up.")
+
+
+def test_read_timeout_of_a_read(api: Any) -> None:
+    add_fault(api, method="GET", path=USERS, latency=1.0, count=None)
+    err = error_of(lambda: client(api, timeout=0.3, retries=0).list_users())
+    assert "did not answer within 0.3 seconds (no retries)" in err.msg
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (None, "api_url is required: set it or the XAPI_URL environment variable."),
+        ("  ", "api_url is required: set it or the XAPI_URL environment variable."),
+        ("platform.example.com", "is not a valid URL"),
+        ("ftp://platform.example.com", "is not a valid URL"),
+        ("http://127.0.0.1:99999", "is not a valid URL"),
+        ("https://platform.example.com/?x=1", "must not have a query or fragment"),
+    ],
+)
+def test_bad_api_url(url: str | None, message: str) -> None:
+    assert message in error_of(lambda: XapiClient(url, "t")).msg
+
+
+def test_url_credentials_never_reach_a_message() -> None:
+    err = error_of(lambda: XapiClient("ftp://user:s3cret@host", "t"))
+    assert "s3cret" not in err.msg
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_tls_with_ca_path_works(tls_platform: Any) -> None:
+    c = XapiClient(tls_platform.url("localhost"), tls_platform.admin_token, ca_path=tls_platform.ca_path)
+    assert c.list_users() == []
+
+
+def test_tls_unknown_ca_suggests_ca_path(tls_platform: Any) -> None:
+    c = XapiClient(tls_platform.url("localhost"), tls_platform.admin_token, retries=0)
+    err = error_of(c.list_users)
+    assert err.msg.startswith(f"TLS verification of the platform API at localhost:{tls_platform.port} failed (")
+    assert "set ca_path" in err.msg and "validate_certs: false" in err.msg
+
+
+def test_tls_hostname_mismatch_is_a_tls_error(tls_platform: Any) -> None:
+    c = XapiClient(tls_platform.url("127.0.0.1"), tls_platform.admin_token, ca_path=tls_platform.ca_path,
+                   retries=0)
+    err = error_of(c.list_users)
+    assert "TLS verification of the platform API at 127.0.0.1:" in err.msg
+    assert "mismatch" in err.msg.lower() or "doesn't match" in err.msg.lower()
+
+
+def test_validate_certs_false_accepts_the_mismatch(tls_platform: Any) -> None:
+    c = XapiClient(tls_platform.url("127.0.0.1"), tls_platform.admin_token, validate_certs=False)
+    assert c.list_users() == []
+
+
+def test_https_against_a_plain_http_port(api: Any) -> None:
+    err = error_of(lambda: XapiClient(api.url.replace("http://", "https://"), api.admin_token, retries=0).list_users())
+    assert "TLS" in err.msg and "does not speak TLS on that port" in err.msg
+
+
+def test_missing_ca_path_file() -> None:
+    err = error_of(lambda: XapiClient("https://localhost:1", "t", ca_path="/nonexistent/ca.pem"))
+    assert err.msg.startswith("ca_path '/nonexistent/ca.pem' cannot be read")
+
+
+def test_server_clock_falls_back_to_local_time_before_any_answer() -> None:
+    c = XapiClient("http://127.0.0.1:1", "t")
+    assert abs(c.now() - datetime.now(UTC)) < timedelta(seconds=5)
