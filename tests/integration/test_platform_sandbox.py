@@ -669,6 +669,22 @@ def test_cli_refuses_a_busy_port_in_one_sentence(start_server: Any, tmp_path: Pa
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+@pytest.mark.parametrize(("prepare", "expected"), [
+    (lambda tmp: (tmp / "t").mkdir(), "cannot use {tmp}/t: Is a directory"),
+    (lambda tmp: (tmp / "t").write_text(""), "{tmp}/t must hold one admin token on one line"),
+    (lambda tmp: (tmp / "t").write_text("two words\n"), "{tmp}/t must hold one admin token on one line"),
+], ids=["token file is a directory", "token file empty", "token file with spaces"])
+def test_cli_bad_admin_token_file_is_one_sentence(tmp_path: Path, prepare: Any, expected: str) -> None:
+    prepare(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.sandbox.platform_api", "--state-dir", str(tmp_path / "s"),
+         "--admin-token-file", str(tmp_path / "t")],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert expected.format(tmp=tmp_path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_tls_needs_the_generated_ca(start_server: Any) -> None:
     server = start_server("--tls", name="tls")
     ca_file = server.ready["ca_file"]

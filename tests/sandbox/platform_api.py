@@ -29,6 +29,7 @@ import signal
 import socket
 import sqlite3
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -964,20 +965,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     state_dir: Path = args.state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "ready.json").unlink(missing_ok=True)
-    admin_token = read_or_create_admin_token(args.admin_token_file)
-    store = Store(state_dir / "platform.sqlite3")
-    platform = Platform(store, admin_token)
-
     context = None
     ca_file = None
-    if args.tls:
-        from tests.sandbox import _tls
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "ready.json").unlink(missing_ok=True)
+        admin_token = read_or_create_admin_token(args.admin_token_file)
+        store = Store(state_dir / "platform.sqlite3")
+        if args.tls:
+            from tests.sandbox import _tls
 
-        files = _tls.ensure_certificates(state_dir)
-        context = _tls.server_context(files)
-        ca_file = str(files.ca_file)
+            files = _tls.ensure_certificates(state_dir)
+            context = _tls.server_context(files)
+            ca_file = str(files.ca_file)
+    except (OSError, sqlite3.Error, ssl.SSLError, subprocess.CalledProcessError, RuntimeError) as exc:
+        detail = getattr(exc, "strerror", None) or exc
+        what = getattr(exc, "filename", None) or "the state directory"
+        print(f"platform sandbox: cannot use {what}: {detail}; check --state-dir and --admin-token-file.",
+              file=sys.stderr)
+        return 1
+    platform = Platform(store, admin_token)
 
     try:
         server = PlatformServer((args.host, args.port), platform, context)
