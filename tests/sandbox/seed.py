@@ -109,7 +109,7 @@ def _b64(text: str) -> str:
 
 
 def deployment_manifest(namespace: str, name: str, secret: str, replicas: int, strategy: str,
-                        reload_interval: float) -> dict[str, Any]:
+                        reload_interval: float, template_annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """The Deployment of a service whose pods use the token as Option A (env) or Option B (volume)."""
     container: dict[str, Any] = {"name": "app", "image": f"registry.example/xapi/{name}:1.0",
                                  "env": [{"name": "XAPI_SYSTEM_USER_ID",
@@ -125,6 +125,8 @@ def deployment_manifest(namespace: str, name: str, secret: str, replicas: int, s
         template_meta["annotations"] = {RELOAD_ANNOTATION: f"{reload_interval:g}"}
     else:
         raise ValueError(f"strategy must be 'restart' or 'reload', not {strategy!r}")
+    if template_annotations:
+        template_meta.setdefault("annotations", {}).update(template_annotations)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
@@ -136,8 +138,14 @@ def deployment_manifest(namespace: str, name: str, secret: str, replicas: int, s
 def seed_service(platform_url: str, admin_token: str, kubeconfig: str | Path, namespace: str, name: str,
                  replicas: int = 3, expires_in_days: int = 5, strategy: str = "restart",
                  platform_ca: str | None = None, reload_interval: float = 2.0,
-                 system_user_name: str | None = None) -> dict[str, Any]:
-    """Create one service; returns ids and names (and the token's fingerprint), never the token."""
+                 system_user_name: str | None = None, template_annotations: dict[str, str] | None = None,
+                 deployment_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create one service; returns ids and names (and the token's fingerprint), never the token.
+
+    ``template_annotations`` go on the pod template (the emulator's per-deployment timings,
+    e.g. ``sandbox.xapi.io/pod-start-delay``); ``deployment_spec`` is merged over the
+    Deployment's spec (strategy, progressDeadlineSeconds...).
+    """
     cluster = _cluster(kubeconfig)
     user_name = system_user_name or f"{namespace}-{name}"
     status, body = api(platform_url, "POST", "/api/v1/system-users", token=admin_token, ca=platform_ca,
@@ -156,8 +164,9 @@ def seed_service(platform_url: str, admin_token: str, kubeconfig: str | Path, na
         "metadata": {"name": secret, "namespace": namespace, "labels": {"app": name}},
         "data": {"token": _b64(token), "id": _b64(user["id"])},
     })
-    cluster.ensure(f"/apis/apps/v1/namespaces/{namespace}/deployments",
-                   deployment_manifest(namespace, name, secret, replicas, strategy, reload_interval))
+    manifest = deployment_manifest(namespace, name, secret, replicas, strategy, reload_interval, template_annotations)
+    manifest["spec"].update(deployment_spec or {})
+    cluster.ensure(f"/apis/apps/v1/namespaces/{namespace}/deployments", manifest)
     return {"namespace": namespace, "system_user_id": user["id"], "system_user_name": user_name,
             "expires_at": user["expires_at"], "secret": secret, "deployment": name,
             "token_fingerprint": hashlib.sha256(token.encode()).hexdigest()[:8]}

@@ -70,6 +70,7 @@ class PodRuntime:
     secret_name: str = ""
     secret_key: str = "token"
     reload_interval: float | None = None
+    sync_delay: float = 0.0
     started: bool = False
     ready: bool = False
     ready_at: float | None = None
@@ -325,7 +326,7 @@ class Controller:
                 self._start_container(runtime, pod, now)
             elif runtime.started and runtime.token_mode == "volume" and runtime.reload_interval is not None \
                     and now >= runtime.next_reload:
-                data = self.secret_history.as_seen(runtime.namespace, runtime.secret_name, self.config.secret_sync_delay)
+                data = self.secret_history.as_seen(runtime.namespace, runtime.secret_name, runtime.sync_delay)
                 value = (data or {}).get(runtime.secret_key)
                 if value is not None:
                     with self.pods_lock:
@@ -495,6 +496,7 @@ class Controller:
             grace=seconds("termination-grace", self.config.termination_grace),
             request_interval=max(0.01, seconds("request-interval", self.config.request_interval)),
             token_mode=mode, secret_name=secret_name, secret_key=secret_key, reload_interval=reload_interval,
+            sync_delay=seconds("secret-sync-delay", self.config.secret_sync_delay),
         )
         with self.pods_lock:
             self.pods[runtime.uid] = runtime

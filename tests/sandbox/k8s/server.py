@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -552,7 +553,9 @@ class Handler(BaseHTTPRequestHandler):
                 if self.server.stopping.is_set():
                     break
                 if not type_:
-                    continue  # idle wake-up: nothing to send
+                    if self._client_gone():
+                        break
+                    continue
                 line = json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
                 self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
                 self.wfile.flush()
@@ -561,6 +564,20 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass
         self.close_connection = True
+
+    def _client_gone(self) -> bool:
+        """On an idle watch: has the client hung up? (Nothing else tells a quiet stream.)"""
+        sock = self.connection
+        try:
+            sock.settimeout(0)
+            try:
+                return sock.recv(1) == b""
+            finally:
+                sock.settimeout(None)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except OSError:
+            return True
 
     def _scale_of(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]

@@ -314,7 +314,7 @@ class Store:
                     remaining = stop_at - time.monotonic()
                     if remaining <= 0:
                         return
-                    if not self.changed.wait(timeout=min(remaining, 5.0)):
+                    if not self.changed.wait(timeout=min(remaining, 2.0)):
                         break
                 if position >= self.events_base:
                     batch = self.events[position - self.events_base:]
