@@ -52,9 +52,14 @@ def plat(platform: Any) -> Iterator[Any]:
     platform.reset()
 
 
+# Every token this module has seen, to prove none of them reached the sandbox's log.
+SEEN_TOKENS: list[str] = []
+
+
 def create(plat: Any, name: str = "svc", days: int = 90, **extra: Any) -> dict[str, Any]:
     response = plat.api("POST", USERS, {"name": name, "expires_in_days": days, **extra})
     assert response.status_code == 201, response.text
+    SEEN_TOKENS.append(response.json()["data"]["token"])
     return response.json()["data"]
 
 
@@ -380,7 +385,7 @@ def test_fault_drop_after_commit_creates_the_user_but_loses_the_answer(plat: Any
 
 
 def test_fault_rules_are_validated_and_never_touch_controls(plat: Any) -> None:
-    for bad in ({"path": "no-slash"}, {"path": "/x", "status": 42}, {"path": "/x", "count": 0},
+    for bad in ({"path": "no-slash"}, {"path": "/x", "status": 101}, {"path": "/x", "count": 0},
                 {"path": "/x", "latency": -1}, {"path": "/x", "drop_after_commit": True, "status": 500},
                 {"path": "/x", "colour": "red"}):
         assert error_of(plat.api("POST", "/_sandbox/faults", bad))[:2] == (422, "validation_failed"), bad
@@ -580,6 +585,23 @@ def test_reference_verify_new_token_script(plat: Any, tmp_path: Path) -> None:
     token_file.write_text(fresh["token"])
     result = run_script(plat, VERIFY_NEW_TOKEN, TOKEN_FILE=str(token_file))
     assert result.returncode == 1 and "code: 401" in result.stdout
+
+
+def test_no_token_reaches_the_shared_sandbox_log(plat: Any) -> None:
+    user = create(plat, "leak-check")
+    # Tokens where they do not belong: in the path and in the query string.
+    plat.api("GET", f"{USERS}/{user['token']}?api_token={user['token']}", token=user["token"])
+    plat.api("GET", f"/api/v1/tenants?token={plat.admin_token}")
+    log_file = Path(plat.dir) / "platform.log"
+    deadline = time.monotonic() + 5
+    while "/api/v1/tenants?token=" not in log_file.read_text():  # the line is written just after the answer
+        assert time.monotonic() < deadline, "the sandbox never logged the requests"
+        time.sleep(0.05)
+    log = log_file.read_text()
+    assert user["token"] in SEEN_TOKENS
+    leaked = [t for t in [*SEEN_TOKENS, plat.admin_token] if t in log]
+    assert leaked == [], "a token reached the platform sandbox log"
+    assert "token=[redacted]" in log
 
 
 # --------------------------------------------------------------------------- the command line

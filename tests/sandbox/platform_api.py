@@ -212,7 +212,7 @@ class Store:
         with self.lock:
             return self.db.execute("SELECT * FROM system_users WHERE token_hash = ?", (token_hash,)).fetchone()
 
-    def list(self, name: str | None, active: bool | None, page: int, per_page: int) -> tuple[list[sqlite3.Row], int]:
+    def page(self, name: str | None, active: bool | None, page: int, per_page: int) -> tuple[list[sqlite3.Row], int]:
         where, params = [], []
         with self.lock:
             now = self.now()
@@ -233,7 +233,7 @@ class Store:
             ).fetchall()
             return rows, total
 
-    def all(self) -> list[sqlite3.Row]:
+    def all_users(self) -> list[sqlite3.Row]:
         with self.lock:
             return self.db.execute("SELECT * FROM system_users ORDER BY seq").fetchall()
 
@@ -358,8 +358,8 @@ def parse_fault(body: Any, rule_id: int) -> FaultRule:
         raise _validation("path must be a string starting with '/', optionally ending in '*' for a prefix match, "
                           "or '*' for every API path.")
     status = body.get("status")
-    if status is not None and (type(status) is not int or not 100 <= status <= 599):
-        raise _validation("status must be an integer HTTP status from 100 to 599, or null.")
+    if status is not None and (type(status) is not int or not 200 <= status <= 599):
+        raise _validation("status must be an integer HTTP status from 200 to 599, or null.")
     count = body.get("count")
     if count is not None and (type(count) is not int or count < 1):
         raise _validation("count must be a positive integer, or null for every matching request.")
@@ -504,7 +504,7 @@ class Platform:
         api, sb = API_PREFIX, SANDBOX_PREFIX
         api_routes: list[tuple[str, str, Handler, str]] = [
             ("POST", "/system-users", self.create, "admin:system-users:write"),
-            ("GET", "/system-users", self.list, "admin:system-users:read"),
+            ("GET", "/system-users", self.list_users, "admin:system-users:read"),
             # Before {id}, which would otherwise swallow "token-info".
             ("GET", "/system-users/token-info", self.token_info, "user"),
             ("GET", "/system-users/{id}", self.get, "admin:system-users:read"),
@@ -524,18 +524,18 @@ class Platform:
 
     # ---- dispatch
 
-    def identify(self, authorization: str | None) -> tuple[Caller, str | None]:
+    def identify(self, authorization: str | None) -> Caller:
         if not authorization:
-            return Caller("none"), None
+            return Caller("none")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return Caller("malformed"), None
+            return Caller("malformed")
         token_hash = hash_token(token)
         if hmac.compare_digest(token_hash, self.admin_hash):
-            return Caller("admin"), token_hash
+            return Caller("admin")
         row = self.store.by_token_hash(token_hash)
-        return (Caller("user", row) if row is not None else Caller("unknown")), token_hash
+        return Caller("user", row) if row is not None else Caller("unknown")
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str], str]:
         """The route for this request, its path parameters, the methods the path allows, its counter template."""
@@ -638,7 +638,7 @@ class Platform:
         data["token"] = token
         return Response(201, {"data": data}, {"Location": f"{API_PREFIX}/system-users/{row['id']}"})
 
-    def list(self, request: Request) -> Response:
+    def list_users(self, request: Request) -> Response:
         name = request.one("name") or None
         active_text = request.one("active")
         active: bool | None = None
@@ -648,7 +648,7 @@ class Platform:
             active = active_text.lower() == "true"
         page = _int_param(request.one("page"), "page", 1, 1, None)
         per_page = _int_param(request.one("per_page"), "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
-        rows, total = self.store.list(name, active, page, per_page)
+        rows, total = self.store.page(name, active, page, per_page)
         now = self.store.now()
         return Response(200, {
             "data": [user_object(row, now) for row in rows],
@@ -720,7 +720,7 @@ class Platform:
     def sb_state(self, request: Request) -> Response:
         now = self.store.now()
         users = []
-        for row in self.store.all():
+        for row in self.store.all_users():
             item = user_object(row, now)
             item["token_fingerprint"] = fingerprint(row["token_hash"])
             users.append(item)
@@ -835,7 +835,7 @@ class PlatformHandler(BaseHTTPRequestHandler):
         path = parts.path.rstrip("/") or "/"
         method = self.command.upper()
         body = self._read_body()
-        caller, _ = platform.identify(self.headers.get("Authorization"))
+        caller = platform.identify(self.headers.get("Authorization"))
         route, params, allowed, template = platform.match(method, path)
         is_control = path == SANDBOX_PREFIX or path.startswith(SANDBOX_PREFIX + "/")
         route_key = f"{method} {template}"
