@@ -312,12 +312,12 @@ def test_clock_advance_expires_tokens(plat: Any) -> None:
 
 
 def test_token_activation_delay(plat: Any) -> None:
-    assert plat.api("POST", "/_sandbox/config", {"token_activation_delay": 0.6}).json() == {
-        "data": {"token_activation_delay": 0.6}}
+    assert plat.api("POST", "/_sandbox/config", {"token_activation_delay": 1.0}).json() == {
+        "data": {"token_activation_delay": 1.0}}
     user = create(plat)
     status, code, message = error_of(plat.api("GET", "/api/v1/tenants", token=user["token"]))
     assert (status, code) == (401, "unauthorized") and "not active yet" in message
-    time.sleep(0.7)
+    time.sleep(1.1)
     assert plat.api("GET", "/api/v1/tenants", token=user["token"]).status_code == 200
     # The delay runs on the sandbox clock, so advancing it activates a token at once.
     plat.api("POST", "/_sandbox/config", {"token_activation_delay": 600}).raise_for_status()
@@ -364,12 +364,12 @@ def test_fault_html_page_and_truncated_json(plat: Any) -> None:
 
 def test_fault_latency_and_method_and_prefix_matching(plat: Any) -> None:
     add_fault(plat, method="POST", path="/api/v1/*", latency=0.4, count=1)
-    started = time.monotonic()
     assert plat.api("GET", "/api/v1/tenants").status_code == 200  # GET is not the rule's method
-    assert time.monotonic() - started < 0.3
+    assert [rule["hits"] for rule in plat.api("GET", "/_sandbox/faults").json()["data"]] == [0]
     started = time.monotonic()
     create(plat)  # latency alone: the request still succeeds
     assert time.monotonic() - started >= 0.4
+    assert plat.api("GET", "/_sandbox/faults").json()["data"] == []  # its one use is spent
 
 
 def test_fault_drop_after_commit_creates_the_user_but_loses_the_answer(plat: Any) -> None:
