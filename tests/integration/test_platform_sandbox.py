@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.sandbox import client
+from tests.sandbox import _tls, client
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = "/api/v1/system-users"
@@ -705,6 +705,37 @@ def test_cli_bad_admin_token_file_is_one_sentence(tmp_path: Path, prepare: Any, 
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert expected.format(tmp=tmp_path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("generator", ["cryptography", "openssl"])
+def test_generated_certificates_verify_for_loopback_names(tmp_path: Path, generator: str) -> None:
+    files = _tls.TLSFiles(tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server-key.pem")
+    if generator == "openssl":
+        _tls._generate_with_openssl(files, _tls.DEFAULT_HOSTS, "test")
+    else:
+        _tls._generate_with_cryptography(files, _tls.DEFAULT_HOSTS, "test")
+    assert stat.S_IMODE(files.key_file.stat().st_mode) == 0o600
+    server_context = _tls.server_context(files)
+    for name in ("localhost", "127.0.0.1", "::1", "example.com"):
+        client_side, server_side = socket.socketpair()
+        with client_side, server_side:
+            client_side.settimeout(10)
+            server_side.settimeout(10)
+            accepted = concurrent.futures.ThreadPoolExecutor(1).submit(
+                lambda sock=server_side: server_context.wrap_socket(sock, server_side=True))
+            context = ssl.create_default_context(cafile=str(files.ca_file))
+            if name == "example.com":
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    context.wrap_socket(client_side, server_hostname=name)
+                with pytest.raises(OSError):  # the client walked away mid-handshake
+                    accepted.result(10)
+            else:
+                with context.wrap_socket(client_side, server_hostname=name) as tls:
+                    assert tls.version() in ("TLSv1.2", "TLSv1.3")
+                accepted.result(10).close()
+    # An existing, usable set is kept rather than replaced, so clients holding ca.pem keep working.
+    before = files.ca_file.read_bytes()
+    assert _tls.ensure_certificates(tmp_path) == files and files.ca_file.read_bytes() == before
 
 
 def test_tls_needs_the_generated_ca(start_server: Any) -> None:
