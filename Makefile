@@ -21,13 +21,13 @@ $(STAMP): requirements.txt requirements-test.txt constraints.txt hack/bootstrap.
 venv: $(STAMP)
 
 sandbox-up: venv
-	$(PY) -m tests.sandbox up
+	$(PY) -m tests.sandbox up $(SANDBOX_ARGS)
 
 sandbox-down:
 	@if [ -x $(PY) ]; then $(PY) -m tests.sandbox down; else echo "sandbox was not running"; fi
 
 demo: venv
-	$(PY) -m tests.sandbox up
+	$(PY) -m tests.sandbox up $(SANDBOX_ARGS)
 	bash hack/demo.sh
 
 test: venv
