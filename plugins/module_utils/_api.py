@@ -176,7 +176,8 @@ def validate_name(value: str | None, option: str = "name") -> str:
     if not name:
         raise XapiError(f"{option} must not be empty: give the system user's name.")
     if not NAME_PATTERN.match(name):
-        raise XapiError(f"{option} {name!r} is not a valid system user name: use 1 to 128 letters, digits, '.', "
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise XapiError(f"{option} {shown} is not a valid system user name: use 1 to 128 letters, digits, '.', "
                         "'_' or '-'.")
     return name
 
@@ -257,7 +258,7 @@ class XapiClient:
         self._server_clock: tuple[datetime, float] | None = None
 
         if timeout <= 0:
-            raise XapiError(f"timeout must be a positive number of seconds, got {timeout}.")
+            raise XapiError(f"timeout must be a positive number of seconds, got {timeout:g}.")
         if retries < 0 or retries > 10:
             raise XapiError(f"retries must be between 0 and 10, got {retries}.")
         if ca_path is not None:
@@ -362,10 +363,7 @@ class XapiClient:
             response = self.session.request(method, url, headers=headers, json=json, params=params,
                                             timeout=self.timeout, verify=self._verify, allow_redirects=False)
         except requests.exceptions.SSLError as exc:
-            raise XapiError(
-                f"TLS verification of the platform API at {self.host} failed ({self._tls_reason(exc)}): set ca_path to "
-                "the CA certificate that signed the server's certificate, or validate_certs: false only for a test "
-                "system.") from None
+            raise XapiError(self._tls_message(exc)) from None
         except requests.exceptions.ConnectTimeout:
             raise XapiError(f"cannot reach the platform API at {self.host}: the connection timed out after "
                             f"{self._attempts()}; check api_url and the network path.") from None
@@ -393,7 +391,10 @@ class XapiClient:
         return response
 
     def _attempts(self) -> str:
-        return "(no retries)" if self.retries == 0 else f"(after {self.retries} retries)"
+        return "(no retries)" if self.retries == 0 else f"(after {self._retries_text()})"
+
+    def _retries_text(self) -> str:
+        return "1 retry" if self.retries == 1 else f"{self.retries} retries"
 
     @staticmethod
     def _is_create(method: str, path: str) -> bool:
@@ -439,15 +440,18 @@ class XapiClient:
             return "no route to the host"
         return "the connection failed"
 
-    @staticmethod
-    def _tls_reason(exc: Exception) -> str:
+    def _tls_message(self, exc: Exception) -> str:
         text = str(exc)
-        match = re.search(r"certificate verify failed: ([^(\"']+)", text)
-        if match:
-            return match.group(1).strip().rstrip(".,")
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-            return "the server does not speak TLS on that port; try http://"
-        return "the TLS handshake failed"
+            return (f"TLS with the platform API at {self.host} failed (the server does not speak TLS on that port): "
+                    "use http:// in api_url, or the port that serves HTTPS.")
+        match = re.search(r"certificate verify failed: (.+?)\.? \(_ssl", text)
+        reason = redact(match.group(1).strip()) if match else "the TLS handshake failed"
+        if "mismatch" in reason or "doesn't match" in reason:
+            return (f"TLS verification of the platform API at {self.host} failed ({reason}): use in api_url a host "
+                    "name the certificate was issued for, or validate_certs: false only for a test system.")
+        return (f"TLS verification of the platform API at {self.host} failed ({reason}): set ca_path to the CA "
+                "certificate that signed the server's certificate, or validate_certs: false only for a test system.")
 
     def _decode(self, response: requests.Response, want: type) -> Any:
         """The ``data`` member of a JSON envelope, or one sentence about what came instead."""
@@ -507,7 +511,7 @@ class XapiClient:
         if status in (400, 409, 422) and message:
             return XapiError(f"the platform refused to {what}: {message}.", status=status, code=code)
         if status >= 500 or status == 429:
-            tried = "" if self.retries == 0 else f" after {self.retries} retries"
+            tried = "" if self.retries == 0 else f" after {self._retries_text()}"
             detail = f": {message}" if message else ""
             return XapiError(f"the platform API at {self.host} answered HTTP {status} to {route}{tried}{detail}; "
                              "try again later or check the platform's health.", status=status, code=code)
