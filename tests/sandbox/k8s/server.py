@@ -253,6 +253,11 @@ class Handler(BaseHTTPRequestHandler):
         return self.server.app
 
     def _read_body(self) -> bytes:
+        return self._body
+
+    def _consume_body(self) -> bytes:
+        # Read every request's body before answering, even when refusing it: an unread body
+        # would be parsed as the next request on this keep-alive connection.
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
@@ -292,6 +297,7 @@ class Handler(BaseHTTPRequestHandler):
         self._user_name = "anonymous"
         self._route_key = "other"
         try:
+            self._body = self._consume_body()
             self._handle()
         except ApiError as error:
             self._send_error(error)
