@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -51,10 +52,23 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def _secret(cluster: Cluster, name: str) -> dict[str, str]:
+class SecretData(dict):
+    """A Secret's decoded data whose repr shows token fingerprints only: a failed assert must not print a token."""
+
+    def __repr__(self) -> str:
+        return repr({k: (f"<sha256:{hashlib.sha256(v.encode()).hexdigest()[:8]}>" if k == "token" else v)
+                     for k, v in self.items()})
+
+
+def _secret(cluster: Cluster, name: str) -> SecretData:
     status, body = cluster.request("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}")
     assert status == 200, f"reading Secret {NAMESPACE}/{name}: HTTP {status}"
-    return {k: base64.b64decode(v).decode() for k, v in body["data"].items()}
+    return SecretData({k: base64.b64decode(v).decode() for k, v in body["data"].items()})
+
+
+def _same(a: SecretData, b: SecretData) -> bool:
+    # A plain `assert a == b` makes pytest print both dicts item by item, tokens included.
+    return dict(a) == dict(b)
 
 
 def _kubeconfig_parts(kubeconfig: str) -> tuple[str, str, str]:
@@ -131,7 +145,9 @@ def _private_data_dir(root: Path, services: dict[str, dict[str, Any]], envvars: 
                       extravars: dict[str, Any], limit: str | None) -> Path:
     pdd = root / "pdd"
     project = pdd / "project"
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    # What a clone of the project would hold (untracked work included, ignored files not).
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout
     for rel in filter(None, files.decode().split("\0")):
         src = REPO / rel
         if src.is_file():
@@ -193,7 +209,8 @@ def test_awx_job_rotates_the_due_service_only_and_publishes_stats(sandbox: Any, 
     # The survey answer for "force", a string as AWX sends it: "false" must not force anything.
     extravars = {"credential_rotation_force": "false"}
     pdd = _private_data_dir(tmp_path, services, envvars, extravars, limit=",".join(sorted(services)))
-    assert sandbox.admin_token not in (pdd / "env" / "extravars").read_text()
+    token_in_extravars = sandbox.admin_token in (pdd / "env" / "extravars").read_text()
+    assert not token_in_extravars, "the admin token reached env/extravars"
 
     result = _run_job(pdd, "nightly")
     artifacts = pdd / "artifacts" / "nightly"
@@ -208,11 +225,12 @@ def test_awx_job_rotates_the_due_service_only_and_publishes_stats(sandbox: Any, 
     # The due service: a new credential in its Secret, the old one deactivated.
     new_id = after["billing-due"]["id"]
     assert new_id != due["system_user_id"]
-    assert after["billing-due"]["token"] != before["billing-due"]["token"]
+    assert not _same(after["billing-due"], before["billing-due"])
     assert users[new_id]["active"] is True
     assert users[due["system_user_id"]]["active"] is False
     # The fresh service: untouched, although "false" is a non-empty string.
-    assert after["ledger-fresh"] == before["ledger-fresh"]
+    assert _same(after["ledger-fresh"], before["ledger-fresh"]), (
+        f"the survey's \"false\" forced a rotation: {before['ledger-fresh']!r} -> {after['ledger-fresh']!r}")
     assert users[fresh["system_user_id"]]["active"] is True
 
     # set_stats: the per-service summary AWX shows as the job's artifacts.
@@ -247,7 +265,7 @@ def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(sandbox: 
     users = {u["id"]: u for u in sandbox.state()["system_users"]}
     assert users[before["ledger-fresh"]["id"]]["active"] is False
     # ... and the limit kept the other service out of the run.
-    assert after["billing-due"] == before["billing-due"]
+    assert _same(after["billing-due"], before["billing-due"]), "the limit did not keep billing-due out of the run"
     summary = _stats(pdd, "manual")["artifact_data"]["credential_rotation"]
     assert set(summary) == {"ledger-fresh"} and summary["ledger-fresh"]["status"] == "rotated"
     _, k8s_token, _ = _kubeconfig_parts(sandbox.kubeconfig)
@@ -367,7 +385,8 @@ def test_cron_wrapper_runs_the_real_rotation_playbook(sandbox: Any, services: di
     assert result.returncode == 0, log[-5000:] + result.stderr
     # Not due (it has weeks left): the nightly run reports it and changes nothing.
     assert "ledger-fresh" in log and "end rc=0" in log
-    assert _secret(Cluster(sandbox.kubeconfig), services["ledger-fresh"]["secret"]) == before
-    for token in (sandbox.admin_token, before["token"]):
-        assert token not in log + result.stdout + result.stderr
+    assert _same(_secret(Cluster(sandbox.kubeconfig), services["ledger-fresh"]["secret"]), before)
+    output = log + result.stdout + result.stderr
+    leaked = [token[:5] for token in (sandbox.admin_token, before["token"]) if token in output]
+    assert not leaked, f"tokens starting {leaked} appear in the cron log or output"
     assert stat.S_IMODE((tmp_path / "env").stat().st_mode) == 0o600
