@@ -526,7 +526,7 @@ class XapiClient:
         user_id = validate_id(user_id)
         response = self._send("GET", f"{USERS_PATH}/{quote(user_id, safe='')}")
         if response.status_code == 404:
-            code, _ = self._api_message(response)
+            code = self._api_message(response)[0]
             if code == "not_found":
                 return None
         if response.status_code != 200:
@@ -576,7 +576,7 @@ class XapiClient:
         """The system user that owns ``token``, asked with that token itself."""
         response = self._send("GET", f"{USERS_PATH}/token-info", token=token)
         if response.status_code == 403:
-            code, _ = self._api_message(response)
+            code = self._api_message(response)[0]
             raise XapiError("the token given is not a system user token (an admin token cannot be looked up with "
                             "token-info): pass the service's own token.", status=403, code=code)
         if response.status_code != 200:

@@ -23,7 +23,7 @@ description:
     If that answer is lost as well, the second orphan is deactivated too and the module fails.
     Either way at most one active user of that name results, and its token is the one returned.
 author:
-  - xapi.system_auth maintainers
+  - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
   - xapi.system_auth.api
 attributes:
@@ -221,7 +221,8 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
         return result
 
     if check_mode:
-        now = client.now()
+        # Whole seconds, as the platform's timestamps: a 90-day user then shows 90 days remaining.
+        now = client.now().replace(microsecond=0)
         planned = {
             "id": None,
             "name": name,

@@ -16,7 +16,7 @@ description:
   - Deactivation cannot be undone. Make sure nothing uses the token any more, for example with
     M(xapi.system_auth.system_user_info) and the C(last_used_at) it returns.
 author:
-  - xapi.system_auth maintainers
+  - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
   - xapi.system_auth.api
 attributes:

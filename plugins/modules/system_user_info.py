@@ -16,7 +16,7 @@ description:
   - With O(token), the platform's C(token-info) call answers with the token's own user, so a service
     that holds only its token can learn its id and expiry; no admin O(api_token) is needed then.
 author:
-  - xapi.system_auth maintainers
+  - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
   - xapi.system_auth.api
 attributes:

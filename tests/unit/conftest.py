@@ -99,7 +99,7 @@ def run_module(api: Any, witness: TokenWitness) -> Callable[..., ModuleRun]:
         proc = subprocess.run(
             [sys.executable, "-m", f"{MODULE_PACKAGE}.{module}"],
             input=json.dumps({"ANSIBLE_MODULE_ARGS": module_args}),
-            capture_output=True, text=True, cwd=REPO, env=clean_env(base), timeout=timeout,
+            capture_output=True, text=True, cwd=REPO, env=clean_env(base), timeout=timeout, check=False,
         )
         try:
             result = json.loads(proc.stdout)

@@ -111,7 +111,7 @@ def test_requests_carry_bearer_token_and_collection_user_agent() -> None:
 
 
 def test_get_is_retried_through_a_503_burst(api: Any) -> None:
-    user_id, _ = create_user(api, "burst")
+    user_id = create_user(api, "burst")[0]
     add_fault(api, method="GET", path=f"{USERS}/*", status=503, count=2)
     assert client(api).get_user(user_id)["id"] == user_id
     assert route_counts(api, "GET /api/v1/system-users/{id}") == {"503": 2, "200": 1}
@@ -134,7 +134,7 @@ def test_429_retry_after_is_honoured(api: Any) -> None:
 
 
 def test_deactivate_is_retried_because_it_is_idempotent(api: Any) -> None:
-    user_id, _ = create_user(api, "retired")
+    user_id = create_user(api, "retired")[0]
     add_fault(api, method="POST", path=f"{USERS}/*", status=502, count=2)
     assert client(api).deactivate_user(user_id)["active"] is False
     assert route_counts(api, "POST /api/v1/system-users/{id}/deactivate") == {"502": 2, "200": 1}
@@ -159,7 +159,7 @@ def test_create_returns_user_and_a_working_token(api: Any) -> None:
 
 def test_create_503_is_not_repeated_blindly_but_after_a_lookup(api: Any) -> None:
     add_fault(api, method="POST", path=USERS, status=503, count=1)
-    user, _ = client(api).create_user("after-503", None, 30)
+    user = client(api).create_user("after-503", None, 30)[0]
     assert route_counts(api, "POST /api/v1/system-users") == {"503": 1, "201": 1}
     # The lookup by name between the two attempts.
     assert route_counts(api, "GET /api/v1/system-users").get("200", 0) >= 1
@@ -197,7 +197,7 @@ def test_create_read_timeout_then_late_commit_still_ends_with_one_active_user(ap
 
 
 def test_lost_answer_never_deactivates_a_user_this_call_did_not_create(api: Any) -> None:
-    existing_id, _ = create_user(api, "theirs")
+    existing_id = create_user(api, "theirs")[0]
     api.api("POST", "/_sandbox/clock", json={"advance_seconds": 60}).raise_for_status()
     add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=1)
     err = error_of(lambda: client(api).create_user("theirs", None, 30))
@@ -225,9 +225,9 @@ def test_list_walks_every_page(api: Any, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_list_by_name_and_active_filter(api: Any) -> None:
-    old_id, _ = create_user(api, "svc")
+    old_id = create_user(api, "svc")[0]
     api.api("POST", f"{USERS}/{old_id}/deactivate").raise_for_status()
-    new_id, _ = create_user(api, "svc")
+    new_id = create_user(api, "svc")[0]
     create_user(api, "svc-other")
     c = client(api)
     assert {u["id"] for u in c.list_users(name="svc")} == {old_id, new_id}
@@ -244,7 +244,7 @@ def test_unknown_id_is_none_for_reads_and_an_error_naming_it_for_deactivate(api:
 
 
 def test_days_remaining_follow_the_platforms_clock(api: Any) -> None:
-    user_id, _ = create_user(api, "clocked", days=90)
+    user_id = create_user(api, "clocked", days=90)[0]
     api.api("POST", "/_sandbox/clock", json={"advance_seconds": int(85.5 * 86400)}).raise_for_status()
     c = client(api)
     user = c.get_user(user_id)

@@ -40,13 +40,13 @@ class Case:
 
 
 def _expired_token(api: Any) -> dict[str, Any]:
-    _, token = create_user(api, "expiring", days=1)
+    token = create_user(api, "expiring", days=1)[1]
     api.api("POST", "/_sandbox/clock", json={"advance_seconds": 2 * 86400}).raise_for_status()
     return {"token": token}
 
 
 def _service_token_as_admin(api: Any) -> dict[str, Any]:
-    _, token = create_user(api, "service")
+    token = create_user(api, "service")[1]
     return {"api_token": token}
 
 

@@ -51,7 +51,7 @@ def test_system_user_check_mode_creates_nothing(api: Any, run_module: Any) -> No
 
 
 def test_system_user_check_mode_on_an_existing_user_is_no_change(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "exists")
+    user_id = create_user(api, "exists")[0]
     run = run_module("system_user", {"name": "exists"}, check=True, diff=True)
     assert run.result["changed"] is False and run.result["system_user"]["id"] == user_id
     assert run.result["diff"]["before"] == run.result["diff"]["after"]
@@ -67,7 +67,7 @@ def test_system_user_diff_on_creation(api: Any, run_module: Any) -> None:
 
 def test_system_user_replaces_a_user_whose_token_expired(api: Any, run_module: Any) -> None:
     # Expiry deactivates a user on the platform, so the name is free for a new credential.
-    old_id, _ = create_user(api, "stale", days=1)
+    old_id = create_user(api, "stale", days=1)[0]
     api.api("POST", "/_sandbox/clock", json={"advance_seconds": 2 * 86400}).raise_for_status()
     run = run_module("system_user", {"name": "stale"})
     assert run.result["changed"] is True and run.result["system_user"]["id"] != old_id
@@ -111,7 +111,7 @@ def test_info_by_ids_keeps_order_and_reports_missing(api: Any, run_module: Any) 
 
 
 def test_info_single_id_as_a_string(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "single")
+    user_id = create_user(api, "single")[0]
     run = run_module("system_user_info", {"id": user_id})
     assert [u["id"] for u in run.result["system_users"]] == [user_id] and run.result["missing_ids"] == []
 
@@ -128,9 +128,9 @@ def test_info_fetches_many_ids_concurrently(api: Any, run_module: Any) -> None:
 
 
 def test_info_by_name_and_active_filter(api: Any, run_module: Any) -> None:
-    old_id, _ = create_user(api, "api-gw")
+    old_id = create_user(api, "api-gw")[0]
     api.api("POST", f"{USERS}/{old_id}/deactivate").raise_for_status()
-    new_id, _ = create_user(api, "api-gw")
+    new_id = create_user(api, "api-gw")[0]
     create_user(api, "api-gw-2")
     every = run_module("system_user_info", {"name": "api-gw"})
     assert {u["id"] for u in every.result["system_users"]} == {old_id, new_id}
@@ -169,7 +169,7 @@ def test_info_wait_timeout_rides_out_token_activation(api: Any, run_module: Any)
 
 def test_info_wait_timeout_gives_up(api: Any, run_module: Any) -> None:
     api.api("POST", "/_sandbox/config", json={"token_activation_delay": 30}).raise_for_status()
-    _, token = create_user(api, "slow-token")
+    token = create_user(api, "slow-token")[1]
     started = time.monotonic()
     run = run_module("system_user_info", {"token": token, "wait_timeout": 1})
     assert run.failed and run.msg.startswith("the API token was rejected: expired, deactivated or wrong")
@@ -177,7 +177,7 @@ def test_info_wait_timeout_gives_up(api: Any, run_module: Any) -> None:
 
 
 def test_info_reports_expiry_by_the_platform_clock(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "aging", days=30)
+    user_id = create_user(api, "aging", days=30)[0]
     api.api("POST", "/_sandbox/clock", json={"advance_seconds": int(25.5 * 86400)}).raise_for_status()
     user = run_module("system_user_info", {"id": user_id}).result["system_users"][0]
     assert user["days_remaining"] == 4 and user["expired"] is False
@@ -187,14 +187,14 @@ def test_info_reports_expiry_by_the_platform_clock(api: Any, run_module: Any) ->
 
 
 def test_info_retries_a_503_burst(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "bursty")
+    user_id = create_user(api, "bursty")[0]
     add_fault(api, method="GET", path=f"{USERS}/*", status=503, count=2)
     run = run_module("system_user_info", {"id": [user_id]})
     assert run.rc == 0 and run.result["system_users"][0]["id"] == user_id
 
 
 def test_info_in_check_mode_reads_the_same(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "checked")
+    user_id = create_user(api, "checked")[0]
     run = run_module("system_user_info", {"id": user_id}, check=True)
     assert run.result["changed"] is False and run.result["system_users"][0]["id"] == user_id
 
@@ -216,7 +216,7 @@ def test_deactivate_then_again_is_no_change(api: Any, run_module: Any) -> None:
 
 
 def test_deactivate_check_mode_only_reads(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "keep")
+    user_id = create_user(api, "keep")[0]
     run = run_module("system_user_deactivate", {"id": user_id}, check=True, diff=True)
     assert run.result["changed"] is True and run.result["system_user"]["active"] is False
     assert run.result["diff"] == {"before": {"active": True}, "after": {"active": False}}
@@ -233,7 +233,7 @@ def test_deactivate_missing_fails_or_is_ok(api: Any, run_module: Any) -> None:
 
 
 def test_deactivate_retries_a_502(api: Any, run_module: Any) -> None:
-    user_id, _ = create_user(api, "through-proxy")
+    user_id = create_user(api, "through-proxy")[0]
     add_fault(api, method="POST", path=f"{USERS}/*", status=502, count=1)
     run = run_module("system_user_deactivate", {"id": user_id})
     assert run.rc == 0 and run.result["changed"] is True
