@@ -8,6 +8,7 @@ Everything runs the real tools from .venv against a tarball built from the worki
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -199,3 +200,62 @@ def test_changelog_fragments_make_a_valid_release(tmp_path: Path) -> None:
     assert release["changes"], "the release has no changes: are there fragments in changelogs/fragments?"
     for module in MODULES:
         assert module in rendered, f"the new module {module} is not announced in the release notes"
+
+
+# --- documentation -------------------------------------------------------------------------------
+
+TROUBLESHOOTING = REPO / "docs" / "docsite" / "rst" / "guide_troubleshooting.rst"
+
+
+def _normalized_sources(*patterns: str) -> str:
+    """The source text of the role and the modules with string literals joined back together.
+
+    Messages are written as Jinja concatenations (`'...' ~ '...'`), folded YAML scalars and
+    implicitly concatenated Python f-strings; joining those makes a message's fixed words searchable.
+    """
+    text = "\n".join(p.read_text() for pattern in patterns for p in sorted(REPO.glob(pattern)))
+    text = re.sub(r"(['\"])\s*~\s*\1", "", text)
+    text = re.sub(r"\"\s*\n\s*[fr]?\"", "", text)
+    return " ".join(text.split())
+
+
+def _troubleshooting_messages() -> list[tuple[str, str]]:
+    blocks = re.findall(r"\.\. code-block:: text\n\s+:caption: message \((role|module)\)\n\n((?:   .*\n)+)",
+                        TROUBLESHOOTING.read_text())
+    return [(kind, " ".join(body.split())) for kind, body in blocks]
+
+
+def test_every_troubleshooting_message_exists_in_the_code() -> None:
+    messages = _troubleshooting_messages()
+    assert len(messages) >= 15, f"only {len(messages)} messages parsed from {TROUBLESHOOTING.name}"
+    sources = {
+        "role": _normalized_sources("roles/credential_rotation/tasks/*.yml"),
+        "module": _normalized_sources("plugins/module_utils/*.py", "plugins/modules/*.py"),
+    }
+    stale = []
+    for kind, message in messages:
+        # The words between placeholders are the message's fixed text; each must be in the code.
+        # (A final period is often appended in code apart from the sentence.)
+        chunks = [c.strip().rstrip(".") for c in re.split(r"<[^>]+>", message)]
+        missing = [c for c in chunks if len(c) >= 3 and c not in sources[kind]]
+        if missing:
+            stale.append(f"{message!r}: not in the {kind} code: {missing}")
+    assert not stale, "troubleshooting entries that no longer match the code:\n" + "\n".join(stale)
+
+
+def test_docs_site_builds_offline_with_every_plugin_and_guide() -> None:
+    result = subprocess.run(["bash", str(REPO / "hack" / "docs.sh")], cwd=REPO, env=_clean_env(),
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    html = REPO / "docs" / "build" / "html"
+    index = (html / "index.html").read_text()
+    for module in MODULES:
+        page = html / f"{module}_module.html"
+        assert page.is_file(), f"no page for {module}"
+        assert f"xapi.system_auth.{module}" in page.read_text()
+    assert (html / "credential_rotation_role.html").is_file(), "the role's page was not generated"
+    guides = yaml.safe_load((REPO / "docs" / "docsite" / "extra-docs.yml").read_text())["sections"]
+    for section in guides:
+        for name in section["toctree"]:
+            assert (html / "docsite" / f"{name}.html").is_file(), f"guide page {name} missing"
+            assert f"docsite/{name}.html" in index, f"guide page {name} not linked from the index"
