@@ -1,0 +1,1 @@
+"""Benchmarks: the collection against the reference document's shell automation (docs/benchmarks.md)."""

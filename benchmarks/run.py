@@ -1,0 +1,318 @@
+"""`make bench`: the collection against the reference document's shell automation, side by side.
+
+    .venv/bin/python -m benchmarks.run [--scenarios single,fleet,daily,requests] [--quick] ...
+
+Every run gets a fresh sandbox (except the daily check, whose 500 credentials nothing changes),
+the contenders alternate within each repetition, and every rotation is checked afterwards: a
+contender that did not rotate correctly is reported as failed, not as fast. Writes
+benchmarks/results.json (raw numbers) and benchmarks/results.md (the tables); logs of every run
+go to benchmarks/out/ (ignored by git). docs/benchmarks.md explains the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host_platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks import report
+from benchmarks.harness import (
+    REPO,
+    SHELL_DIR,
+    VENV_BIN,
+    BenchError,
+    RolloutObserver,
+    Sandbox,
+    Service,
+    ansible_env,
+    bare_rollout,
+    check_rotated,
+    check_unchanged,
+    count_leaks,
+    inventory_file,
+    known_tokens,
+    pod_timings,
+    run_measured,
+    seed_services,
+    services_file,
+    shell_env,
+)
+
+SHELL = "shell"
+COLLECTION = "collection"
+# A rollout of "a fixed few seconds": 2 replicas, one at a time (maxSurge 1, maxUnavailable 0),
+# each pod 1.0 s to start and 0.5 s to become ready. Pods call the API once a second.
+ROLLOUT_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=1.0)
+REPLICAS = 2
+# The daily check's 500 services: one quiet pod each (the check never restarts them).
+QUIET_TIMINGS = pod_timings(start=0.2, ready=0.1, grace=0.5, interval=600)
+# Request counting: pods call once when they start and then not again for an hour, so every
+# other GET /api/v1/tenants is the contender's.
+COUNTING_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=3600)
+DUE_DAYS, NOT_DUE_DAYS = 5, 90
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = args.out / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.kubectl: Path = args.kubectl
+        self.sandboxes = 0
+        self.group_vars = self._documented_group_vars()
+        self.results: dict[str, Any] = {"meta": self._meta(), "scenarios": {}}
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _documented_group_vars(self) -> dict[str, Any]:
+        """The group vars of the sandbox inventory the role documents (playbooks/inventory/sandbox.yml)."""
+        path = REPO / "playbooks" / "inventory" / "sandbox.yml"
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError:
+            return {}
+        for group in data.values():
+            if isinstance(group, dict) and isinstance(group.get("vars"), dict):
+                return dict(group["vars"])
+        return {}
+
+    def _meta(self) -> dict[str, Any]:
+        def version(cmd: list[str]) -> str:
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            except OSError:
+                return "missing"
+            return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "roles", "plugins", "playbooks"], cwd=REPO,
+                               capture_output=True, text=True)
+        return {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": commit.stdout.strip() + (" (roles/plugins/playbooks modified)" if dirty.stdout.strip() else ""),
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": sys.version.split()[0],
+            "machine": host_platform.platform(),
+            "ansible": version([str(VENV_BIN / "ansible-playbook"), "--version"]),
+            "kubectl": version([str(self.kubectl), "version", "--client", "--short"]),
+            "curl": version(["curl", "--version"]),
+            "jq": version(["jq", "--version"]),
+            "bash": version(["bash", "--version"]),
+            "inventory_group_vars": self.group_vars,
+            "forks": self.args.forks,
+            "repetitions": {"single": self.args.single_reps, "fleet": self.args.fleet_reps,
+                            "daily": self.args.daily_reps, "requests": self.args.requests_reps},
+            "fleet_size": self.args.fleet_size, "daily_size": self.args.daily_size,
+            "rollout_timings": ROLLOUT_TIMINGS, "replicas": REPLICAS,
+        }
+
+    def sandbox(self) -> Sandbox:
+        self.sandboxes += 1
+        return Sandbox(self.out / f"sandbox-{self.sandboxes:02d}")
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def contender_cmd(self, who: str, job: str, sandbox: Sandbox, services: list[Service], tag: str
+                      ) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of one contender for one job (rotate or check)."""
+        if who == SHELL:
+            listing = services_file(services, self.out / f"{tag}.services")
+            script = {"rotate": "cron-rotate-all.sh", "check": "cron-check-all.sh"}[job]
+            return (["bash", str(SHELL_DIR / script), str(listing)],
+                    shell_env(sandbox, self.kubectl, self.out / f"{tag}.home"))
+        playbook = {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
+        inventory = inventory_file(services, self.group_vars, self.out / f"{tag}.inventory.json")
+        cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), "-i", str(inventory)]
+        if self.args.forks:
+            cmd += ["--forks", str(self.args.forks)]
+        return cmd, ansible_env(sandbox)
+
+    def measure(self, who: str, job: str, sandbox: Sandbox, services: list[Service], tag: str,
+                observe: bool, expect: str) -> dict[str, Any]:
+        cmd, env = self.contender_cmd(who, job, sandbox, services, tag)
+        observer = RolloutObserver(sandbox, services) if observe else None
+        sandbox.reset_counters()
+        if observer:
+            observer.start()
+        measured = run_measured(cmd, env, self.out / f"{tag}.log", timeout=self.args.timeout)
+        if observer:
+            # The contender may return a moment before the observer's next look.
+            deadline = time.monotonic() + 2
+            while observer.is_alive() and len(observer.window.completed) < len(observer.wanted) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            observer.stopping.set()
+            observer.join()
+        counters = sandbox.counters()
+        problems = check_rotated(sandbox, services) if expect == "rotated" else check_unchanged(sandbox, services)
+        text = (REPO / measured.log).read_text(errors="replace")
+        shown = problems[:5] + ([f"... {len(problems) - 5} more"] if len(problems) > 5 else [])
+        run: dict[str, Any] = {"contender": who, "job": job, **measured.as_dict(), "counters": counters,
+                               "ok": measured.returncode == 0 and not problems, "problems": shown,
+                               "token_leaks": count_leaks(text, known_tokens(sandbox, services))}
+        if observer:
+            window = observer.window
+            starts, ends = list(window.started.values()), list(window.completed.values())
+            run["rollouts_observed"] = len(ends)
+            if ends:
+                run["rollout_s"] = max(ends) - min(starts)
+                per = [window.completed[k] - window.started[k] for k in window.completed]
+                run["rollout_each_s"] = sorted(per)[len(per) // 2]
+                run["overhead_s"] = measured.wall_s - run["rollout_s"]
+        self.log(f"  {tag}: {who} {job} {measured.wall_s:.1f}s rc={measured.returncode}"
+                 f"{'' if run['ok'] else ' FAILED: ' + '; '.join(run['problems'][:2]) or ''}")
+        return run
+
+    @staticmethod
+    def order(rep: int) -> list[str]:
+        # Alternate who goes first, so a slow spell of the shared machine hits both.
+        return [SHELL, COLLECTION] if rep % 2 == 0 else [COLLECTION, SHELL]
+
+    # -- scenarios -----------------------------------------------------------------------------
+
+    def single(self) -> dict[str, Any]:
+        runs = []
+        for rep in range(self.args.single_reps):
+            for who in self.order(rep):
+                with self.sandbox() as sandbox:
+                    services = seed_services(sandbox, "svc", 1, REPLICAS, DUE_DAYS, ROLLOUT_TIMINGS)
+                    time.sleep(0.3)
+                    runs.append({"rep": rep, **self.measure(who, "rotate", sandbox, services, f"single-{rep}-{who}",
+                                                            observe=True, expect="rotated")})
+        return {"runs": runs}
+
+    def fleet(self) -> dict[str, Any]:
+        runs, calibration = [], []
+        for rep in range(self.args.fleet_reps):
+            for who in self.order(rep):
+                with self.sandbox() as sandbox:
+                    services = seed_services(sandbox, "svc", self.args.fleet_size, REPLICAS, DUE_DAYS,
+                                             ROLLOUT_TIMINGS)
+                    # One more service, rolled out alone before the contender starts: the duration of
+                    # "a single rollout" the target is stated against, on the same busy sandbox.
+                    calib = seed_services(sandbox, "calib", 1, REPLICAS, NOT_DUE_DAYS, ROLLOUT_TIMINGS)[0]
+                    calibration.append(bare_rollout(sandbox, calib))
+                    time.sleep(0.3)
+                    runs.append({"rep": rep, **self.measure(who, "rotate", sandbox, services, f"fleet-{rep}-{who}",
+                                                            observe=True, expect="rotated")})
+        return {"runs": runs, "single_rollout_s": calibration}
+
+    def daily(self) -> dict[str, Any]:
+        runs: list[dict[str, Any]] = []
+        with self.sandbox() as sandbox:
+            self.log(f"  seeding {self.args.daily_size} services (nothing due)")
+            services = seed_services(sandbox, "svc", self.args.daily_size, 1, NOT_DUE_DAYS, QUIET_TIMINGS, workers=8)
+            have_check = (REPO / "playbooks" / "check_expiry.yml").exists()
+            for rep in range(self.args.daily_reps):
+                for job in ("check", "rotate"):
+                    for who in self.order(rep):
+                        if who == COLLECTION and job == "check" and not have_check:
+                            continue
+                        runs.append({"rep": rep, **self.measure(who, job, sandbox, services,
+                                                                f"daily-{rep}-{job}-{who}", observe=False,
+                                                                expect="unchanged")})
+        return {"runs": runs, "check_expiry_playbook": have_check}
+
+    def requests(self) -> dict[str, Any]:
+        runs = []
+        for rep in range(self.args.requests_reps):
+            for who in self.order(rep):
+                with self.sandbox() as sandbox:
+                    services = seed_services(sandbox, "svc", 1, REPLICAS, DUE_DAYS, COUNTING_TIMINGS)
+                    # Let every pod's one call land before the counters are zeroed.
+                    time.sleep(0.5)
+                    run = self.measure(who, "rotate", sandbox, services, f"requests-{rep}-{who}", observe=False,
+                                       expect="rotated")
+                    time.sleep(0.5)
+                    # The new pods' start-up calls arrive up to a moment after the contender returns.
+                    run["counters"] = sandbox.counters()
+                    runs.append({"rep": rep, **run})
+        return {"runs": runs}
+
+    def run(self) -> int:
+        started = time.monotonic()
+        for name in self.args.scenarios:
+            self.log(f"scenario {name}")
+            scenario_started = time.monotonic()
+            try:
+                self.results["scenarios"][name] = getattr(self, name)()
+            except BenchError as exc:
+                self.log(f"  scenario {name} could not run: {exc}")
+                self.results["scenarios"][name] = {"error": str(exc), "runs": []}
+            self.results["scenarios"][name]["seconds"] = time.monotonic() - scenario_started
+        self.results["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.results["meta"]["seconds"] = time.monotonic() - started
+        self.results["summary"] = report.summarize(self.results)
+        self.args.json.write_text(json.dumps(self.results, indent=1, sort_keys=False) + "\n")
+        self.args.markdown.write_text(report.markdown(self.results))
+        shutil.copy(self.args.json, self.out / "results.json")
+        self.log(f"wrote {self.args.markdown} and {self.args.json} in {time.monotonic() - started:.0f}s")
+        return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="single,fleet,daily,requests",
+                        help="comma-separated, from single, fleet, daily, requests (default: all)")
+    parser.add_argument("--single-reps", type=int, default=5)
+    parser.add_argument("--fleet-reps", type=int, default=2)
+    parser.add_argument("--daily-reps", type=int, default=2)
+    parser.add_argument("--requests-reps", type=int, default=1)
+    parser.add_argument("--fleet-size", type=int, default=50)
+    parser.add_argument("--daily-size", type=int, default=500)
+    parser.add_argument("--forks", type=int, default=0,
+                        help="ansible-playbook --forks (default: what ansible.cfg and the playbook say)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one contender run may take")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 repetition, a fleet of 3 and a daily check of 10 (the harness's smoke test)")
+    parser.add_argument("--kubectl", type=Path, default=REPO / ".cache" / "kubectl-1.20" / "usr" / "bin" / "kubectl")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
+    parser.add_argument("--markdown", type=Path, default=REPO / "benchmarks" / "results.md")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(args.scenarios) - {"single", "fleet", "daily", "requests"}
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily, requests")
+    if args.quick:
+        args.single_reps = args.fleet_reps = args.daily_reps = args.requests_reps = 1
+        args.fleet_size, args.daily_size = min(args.fleet_size, 3), min(args.daily_size, 10)
+    for name in ("single_reps", "fleet_reps", "daily_reps", "requests_reps", "fleet_size", "daily_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("curl", "jq", "bash", "base64"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is not installed; the shell contender needs it (apt-get install {tool}).",
+                  file=sys.stderr)
+            return 2
+    if not args.kubectl.is_file():
+        print(f"bench: no kubectl at {args.kubectl}; run 'bash hack/get-kubectl-1.20.sh' first.", file=sys.stderr)
+        return 2
+    try:
+        return Bench(args).run()
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; no results written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
