@@ -12,6 +12,7 @@ token fingerprints lives here, so the modules only declare options and call one 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import re
 import time
@@ -224,6 +225,16 @@ def _display_url(url: str) -> str:
 # The client
 
 
+def _retry(**options: Any) -> Retry:
+    """A urllib3 Retry with the options this urllib3 knows.
+
+    backoff_max (urllib3 2.0) and retry_after_max (2.6) are refinements; an older urllib3 on a
+    controller still gets retries, with its own defaults for those two.
+    """
+    known = inspect.signature(Retry.__init__).parameters
+    return Retry(**{key: value for key, value in options.items() if key in known})
+
+
 class XapiClient:
     """One requests.Session talking to one platform, with the retry policy of the collection.
 
@@ -247,7 +258,7 @@ class XapiClient:
     ) -> None:
         self.base_url = _validated_base_url(api_url)
         parts = urlsplit(self.base_url)
-        self.host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        self.host = parts.netloc.rsplit("@", 1)[-1]
         self.api_token = api_token
         self.timeout = timeout
         self.retries = retries
@@ -279,7 +290,7 @@ class XapiClient:
         # per request, which also keeps a .netrc entry from replacing it.
 
         idempotent = HTTPAdapter(
-            max_retries=Retry(
+            max_retries=_retry(
                 total=retries,
                 connect=retries,
                 read=retries,
@@ -300,7 +311,7 @@ class XapiClient:
         # The create endpoint only: a connection that was never established can be retried
         # (nothing was sent), anything after sending is decided by create_user itself.
         create_once = HTTPAdapter(
-            max_retries=Retry(
+            max_retries=_retry(
                 total=retries,
                 connect=retries,
                 read=0,
@@ -365,7 +376,7 @@ class XapiClient:
         except requests.exceptions.SSLError as exc:
             raise XapiError(self._tls_message(exc)) from None
         except requests.exceptions.ConnectTimeout:
-            raise XapiError(f"cannot reach the platform API at {self.host}: the connection timed out after "
+            raise XapiError(f"cannot reach the platform API at {self.host}: the connection timed out "
                             f"{self._attempts()}; check api_url and the network path.") from None
         except requests.exceptions.ReadTimeout:
             if self._is_create(method, path):
@@ -373,14 +384,14 @@ class XapiClient:
             raise XapiError(f"the platform API at {self.host} did not answer within {self.timeout:g} seconds "
                             f"{self._attempts()}; raise timeout or check the platform's health.") from None
         except requests.exceptions.ConnectionError as exc:
-            if self._timed_out_reading(exc):
-                raise XapiError(f"the platform API at {self.host} did not answer within {self.timeout:g} seconds "
-                                f"{self._attempts()}; raise timeout or check the platform's health.") from None
             if self._never_connected(exc):
                 raise XapiError(f"cannot reach the platform API at {self.host}: {self._connect_reason(exc)} "
                                 f"{self._attempts()}; check api_url and that the API is up.") from None
             if self._is_create(method, path):
                 raise _OutcomeUnknown("the connection closed before the answer arrived") from None
+            if self._timed_out_reading(exc):
+                raise XapiError(f"the platform API at {self.host} did not answer within {self.timeout:g} seconds "
+                                f"{self._attempts()}; raise timeout or check the platform's health.") from None
             raise XapiError(f"the platform API at {self.host} closed the connection without answering "
                             f"{self._attempts()}; check the platform's health or a proxy in between.") from None
         except requests.exceptions.RequestException as exc:
@@ -610,15 +621,15 @@ class XapiClient:
         # Users of this name created from here on can only be this call's; the slack covers the
         # one-second resolution of created_at and of the Date header the clock follows.
         started = self.now() - timedelta(seconds=CLOCK_SLACK_SECONDS)
-        attempts = self.retries + 1
+        failures = 0
         last_reason = ""
-        for attempt in range(attempts):
+        while True:
+            retry_after: float | None = None
             try:
                 response = self._send("POST", USERS_PATH, json=body)
             except _OutcomeUnknown as unknown:
                 response = None
                 last_reason = unknown.reason
-                retry_after = unknown.retry_after
             else:
                 if response.status_code == 201:
                     user = self._decode(response, dict)
@@ -629,18 +640,19 @@ class XapiClient:
                                         orphaned_ids=[user.get("id")])
                     self._secrets.add(token)
                     return user, token
-                if response.status_code == 409 and unknown_outcomes == 0:
+                if response.status_code == 409 and not unknown_outcomes:
                     raise self._fail(response, what=f"create system user {name}")
-                if response.status_code in RETRYABLE_STATUSES or response.status_code == 409:
-                    # 409 after a lost answer: our earlier attempt committed after the lookup.
-                    last_reason = f"HTTP {response.status_code}"
-                    retry_after = self._retry_after(response)
-                else:
+                if response.status_code not in RETRYABLE_STATUSES and response.status_code != 409:
                     raise self._fail(response, what=f"create system user {name}")
-
+                # A proxy's 5xx may hide a create that happened; a 409 after a lost answer means
+                # the earlier attempt committed after the lookup.
+                last_reason = f"HTTP {response.status_code}"
+                retry_after = self._retry_after(response)
             unknown_outcomes += 1
-            if attempt + 1 < attempts and (response is None or response.status_code != 409):
-                self._sleep(min(retry_after if retry_after is not None else BACKOFF_FACTOR * (2 ** attempt),
+
+            if response is None or response.status_code != 409:
+                # Also gives a slow create time to land before the lookup.
+                self._sleep(min(retry_after if retry_after is not None else BACKOFF_FACTOR * (2 ** failures),
                                 BACKOFF_MAX))
             appeared = self.find_active(name)
             if appeared is not None and not self._created_since(appeared, started):
@@ -658,10 +670,13 @@ class XapiClient:
                         f"({last_reason}); both ({', '.join(orphans)}) were deactivated since their tokens are "
                         "unknown: re-run the task once the connection to the platform is stable.",
                         orphaned_ids=orphans)
-        ids = f"; orphaned users {', '.join(orphans)} were deactivated" if orphans else ""
-        raise XapiError(f"could not create system user {name} at {self.host} after {attempts} attempts "
-                        f"(last: {last_reason}){ids}: nothing usable was created, re-run the task later.",
-                        orphaned_ids=orphans)
+                continue  # replacing the one orphan does not count against retries
+            failures += 1
+            if failures > self.retries:
+                ids = f"; orphaned user {orphans[0]} was deactivated" if orphans else ""
+                raise XapiError(f"could not create system user {name} at {self.host} {self._attempts()} (last: "
+                                f"{last_reason}){ids}: nothing usable was created, re-run the task later.",
+                                orphaned_ids=orphans)
 
     @staticmethod
     def _created_since(user: dict[str, Any], moment: datetime) -> bool:

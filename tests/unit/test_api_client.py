@@ -176,6 +176,29 @@ def test_create_with_lost_answer_leaves_exactly_one_active_user_whose_token_we_h
     assert api.api("GET", f"{USERS}/token-info", token=token).json()["data"]["id"] == user["id"]
 
 
+def test_replacing_an_orphan_does_not_need_retries(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=1)
+    user = client(api, retries=0).create_user("no-retries", None, 30)[0]
+    assert [u["id"] for u in users_of(api, "no-retries") if u["active"]] == [user["id"]]
+
+
+def test_create_gives_up_after_retries_when_nothing_was_created(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, status=503, count=None)
+    err = error_of(lambda: client(api, retries=2).create_user("never", None, 30))
+    assert err.msg == (f"could not create system user never at {api.url.split('//')[1]} (after 2 retries) (last: "
+                       "HTTP 503): nothing usable was created, re-run the task later.")
+    assert route_counts(api, "POST /api/v1/system-users") == {"503": 3}
+    assert users_of(api, "never") == []
+
+
+def test_create_honours_retry_after(api: Any) -> None:
+    add_fault(api, method="POST", path=USERS, status=429, count=1, retry_after=1)
+    started = time.monotonic()
+    client(api).create_user("patient", None, 30)
+    assert time.monotonic() - started >= 0.9
+    assert route_counts(api, "POST /api/v1/system-users") == {"429": 1, "201": 1}
+
+
 def test_create_with_two_lost_answers_fails_and_leaves_nothing_active(api: Any) -> None:
     add_fault(api, method="POST", path=USERS, drop_after_commit=True, count=2)
     err = error_of(lambda: client(api).create_user("lost-twice", None, 30))
