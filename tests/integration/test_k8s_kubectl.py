@@ -33,7 +33,9 @@ def test_kubectl_client_versions(kube, version):  # noqa: F811
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_kubectl_get(kube, service, version):  # noqa: F811
-    deployment = json.loads(kube.kubectl(version, "-n", service, "get", "deployment", "payments-api", "-o", "json").stdout)
+    deployment = json.loads(
+        kube.kubectl(version, "-n", service, "get", "deployment", "payments-api", "-o", "json").stdout
+    )
     assert deployment["kind"] == "Deployment" and deployment["status"]["availableReplicas"] == 3
     table = kube.kubectl(version, "-n", service, "get", "pods", "-l", "app=payments-api").stdout
     assert table.splitlines()[0].split()[:3] == ["NAME", "READY", "STATUS"]
@@ -49,8 +51,19 @@ def test_create_secret_dry_run_piped_into_apply(kube, service, version):  # noqa
     # The reference document's Option A step, verbatim apart from the names.
     name = f"piped-{version.replace('.', '')}"
     for attempt, value in enumerate(["first-value", "second-value", "second-value"]):
-        manifest = kube.kubectl(version, "-n", service, "create", "secret", "generic", name,
-                                f"--from-literal=token={value}", "--dry-run=client", "-o", "yaml").stdout
+        manifest = kube.kubectl(
+            version,
+            "-n",
+            service,
+            "create",
+            "secret",
+            "generic",
+            name,
+            f"--from-literal=token={value}",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ).stdout
         before = kube.request("GET", f"/api/v1/namespaces/{service}/secrets/{name}")
         applied = kube.kubectl(version, "-n", service, "apply", "-f", "-", input=manifest)
         secret = kube.get(f"/api/v1/namespaces/{service}/secrets/{name}")
@@ -60,6 +73,34 @@ def test_create_secret_dry_run_piped_into_apply(kube, service, version):  # noqa
             # kubectl still sends {"metadata":{"creationTimestamp":null}} (from the dry-run YAML) and says
             # "configured"; the server must treat it as the no-op it is.
             assert secret["metadata"]["resourceVersion"] == before.json()["metadata"]["resourceVersion"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_create_commands(kube, version):  # noqa: F811
+    # kubectl 1.32 POSTs these as protobuf, 1.20 as JSON: both must land as the same objects.
+    namespace = f"kubectl-create-{version.replace('.', '')}"
+    kube.kubectl(version, "create", "namespace", namespace)
+    kube.created_namespaces.append(namespace)
+    kube.kubectl(
+        version,
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "direct",
+        "--from-literal=token=s3cret",
+        "--from-literal=id=su_1",
+    )
+    kube.kubectl(version, "-n", namespace, "create", "configmap", "settings", "--from-literal=mode=fast")
+    secret = kube.get(f"/api/v1/namespaces/{namespace}/secrets/direct")
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"token": "s3cret", "id": "su_1"}
+    assert secret["type"] == "Opaque"
+    assert kube.get(f"/api/v1/namespaces/{namespace}/configmaps/settings")["data"] == {"mode": "fast"}
+    again = kube.kubectl(
+        version, "-n", namespace, "create", "secret", "generic", "direct", "--from-literal=a=b", check=False
+    )
+    assert again.returncode != 0 and "already exists" in again.stderr
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -85,8 +126,9 @@ def test_rollout_status_times_out_when_new_pods_never_become_ready(kube, version
     kube.control("POST", "/_sandbox/faults", {"namespace": namespace, "deployment": "stuck-api", "never_ready": True})
     try:
         kube.kubectl(version, "-n", namespace, "rollout", "restart", "deployment/stuck-api")
-        status = kube.kubectl(version, "-n", namespace, "rollout", "status", "deployment/stuck-api", "--timeout=3s",
-                              check=False)
+        status = kube.kubectl(
+            version, "-n", namespace, "rollout", "status", "deployment/stuck-api", "--timeout=3s", check=False
+        )
         assert status.returncode != 0
         assert "timed out waiting for the condition" in status.stderr
         status = kube.deployment(namespace, "stuck-api")["status"]
@@ -106,8 +148,9 @@ def test_rollout_status_reports_an_exceeded_progress_deadline(kube, version):  #
     kube.control("POST", "/_sandbox/faults", {"namespace": namespace, "deployment": "late-api", "never_ready": True})
     try:
         kube.kubectl(version, "-n", namespace, "rollout", "restart", "deployment/late-api")
-        status = kube.kubectl(version, "-n", namespace, "rollout", "status", "deployment/late-api", "--timeout=30s",
-                              check=False)
+        status = kube.kubectl(
+            version, "-n", namespace, "rollout", "status", "deployment/late-api", "--timeout=30s", check=False
+        )
         assert status.returncode != 0
         assert 'deployment "late-api" exceeded its progress deadline' in status.stderr
     finally:

@@ -15,7 +15,7 @@ def _facts(result) -> dict:
     """The JSON the playbook printed between the RESULT markers (one debug task per playbook)."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     text = result.stdout
-    return json.loads(text[text.index("RESULT>>") + len("RESULT>>"):text.index("<<RESULT")])
+    return json.loads(text[text.index("RESULT>>") + len("RESULT>>") : text.index("<<RESULT")])
 
 
 def test_k8s_module_create_patch_apply_and_info(kube, run_playbook):  # noqa: F811

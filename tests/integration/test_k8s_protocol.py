@@ -22,7 +22,9 @@ def _status(response, code: int, reason: str) -> dict:
     assert response.status_code == code, f"{response.status_code}: {response.text[:300]}"
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
-    assert body["kind"] == "Status" and body["status"] == "Failure" and body["reason"] == reason and body["code"] == code
+    assert (
+        body["kind"] == "Status" and body["status"] == "Failure" and body["reason"] == reason and body["code"] == code
+    )
     return body
 
 
@@ -33,7 +35,9 @@ def test_discovery_documents(kube):  # noqa: F811
         assert group["preferredVersion"] == group["versions"][0]
     core = kube.get("/api/v1")
     secrets = next(r for r in core["resources"] if r["name"] == "secrets")
-    assert secrets["namespaced"] and {"get", "list", "watch", "create", "update", "patch", "delete"} <= set(secrets["verbs"])
+    assert secrets["namespaced"] and {"get", "list", "watch", "create", "update", "patch", "delete"} <= set(
+        secrets["verbs"]
+    )
     apps = kube.get("/apis/apps/v1")
     assert {"deployments", "deployments/status", "replicasets"} <= {r["name"] for r in apps["resources"]}
     assert kube.get("/version")["major"] == "1"
@@ -41,8 +45,9 @@ def test_discovery_documents(kube):  # noqa: F811
 
 def test_openapi_v2_answers_an_empty_document(kube):  # noqa: F811
     kube.emulator("a real server answers its full schema")
-    response = kube.request("GET", "/openapi/v2",
-                            headers={"Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
+    response = kube.request(
+        "GET", "/openapi/v2", headers={"Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"}
+    )
     assert response.status_code == 200 and response.content == b""
 
 
@@ -50,17 +55,36 @@ def test_unknown_paths_and_methods_answer_status_bodies(kube, namespace):  # noq
     _status(kube.request("GET", "/apis/batch/v1/namespaces/default/jobs"), 404, "NotFound")
     _status(kube.request("GET", "/api/v1/namespaces/default/services"), 404, "NotFound")
     _status(kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/absent"), 404, "NotFound")
-    _status(kube.request("POST", f"/apis/apps/v1/namespaces/{namespace}/replicasets",
-                         {"metadata": {"name": "x"}}), 405, "MethodNotAllowed")
-    _status(kube.request("POST", "/api/v1/namespaces/absent-namespace/secrets", {"metadata": {"name": "x"}}),
-            404, "NotFound")
+    _status(
+        kube.request("POST", f"/apis/apps/v1/namespaces/{namespace}/replicasets", {"metadata": {"name": "x"}}),
+        405,
+        "MethodNotAllowed",
+    )
+    _status(
+        kube.request("POST", "/api/v1/namespaces/absent-namespace/secrets", {"metadata": {"name": "x"}}),
+        404,
+        "NotFound",
+    )
     _status(kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", b"{not json"), 400, "BadRequest")
-    _status(kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets",
-                         {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x"}}), 400, "BadRequest")
-    _status(kube.request("PATCH", f"/api/v1/namespaces/{namespace}/secrets/x", {"a": 1},
-                         content_type="text/plain"), 415, "UnsupportedMediaType")
-    invalid = _status(kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets",
-                                   {"metadata": {"name": "Bad_Name"}}), 422, "Invalid")
+    _status(
+        kube.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/secrets",
+            {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x"}},
+        ),
+        400,
+        "BadRequest",
+    )
+    _status(
+        kube.request("PATCH", f"/api/v1/namespaces/{namespace}/secrets/x", {"a": 1}, content_type="text/plain"),
+        415,
+        "UnsupportedMediaType",
+    )
+    invalid = _status(
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", {"metadata": {"name": "Bad_Name"}}),
+        422,
+        "Invalid",
+    )
     assert "metadata.name" in invalid["message"]
 
 
@@ -81,33 +105,71 @@ def test_create_conflicts_and_preconditions(kube, namespace):  # noqa: F811
 
 def test_patch_types_on_a_deployment(kube, namespace):  # noqa: F811
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
-    manifest = {"metadata": {"name": "web"}, "spec": {
-        "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
-            {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
-            {"name": "sidecar", "image": "side:1"}]}}}}
+    manifest = {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "app:1",
+                            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                        },
+                        {"name": "sidecar", "image": "side:1"},
+                    ]
+                },
+            },
+        },
+    }
     assert kube.request("POST", path, manifest).status_code == 201
     # Strategic merge: containers and env merge by name, $patch: delete removes one item.
-    strategic = kube.request("PATCH", f"{path}/web", {"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": "app:2", "env": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}]}]}}}},
-        content_type="application/strategic-merge-patch+json").json()
+    strategic = kube.request(
+        "PATCH",
+        f"{path}/web",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "app:2",
+                                "env": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}],
+                            }
+                        ]
+                    }
+                }
+            }
+        },
+        content_type="application/strategic-merge-patch+json",
+    ).json()
     containers = strategic["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["app", "sidecar"] and containers[0]["image"] == "app:2"
     assert containers[0]["env"] == [{"name": "B", "value": "3"}]
     assert strategic["metadata"]["generation"] == 2
     # JSON merge patch replaces lists wholesale.
-    merged = kube.request("PATCH", f"{path}/web", {"spec": {"template": {"spec": {"containers": [
-        {"name": "only", "image": "only:1"}]}}}}, content_type="application/merge-patch+json").json()
+    merged = kube.request(
+        "PATCH",
+        f"{path}/web",
+        {"spec": {"template": {"spec": {"containers": [{"name": "only", "image": "only:1"}]}}}},
+        content_type="application/merge-patch+json",
+    ).json()
     assert [c["name"] for c in merged["spec"]["template"]["spec"]["containers"]] == ["only"]
     # A server-side dry run validates and answers without writing.
-    dry = kube.request("PATCH", f"{path}/web?dryRun=All", {"spec": {"replicas": 3}},
-                       content_type="application/merge-patch+json")
+    dry = kube.request(
+        "PATCH", f"{path}/web?dryRun=All", {"spec": {"replicas": 3}}, content_type="application/merge-patch+json"
+    )
     assert dry.status_code == 200 and dry.json()["spec"]["replicas"] == 3
     assert kube.deployment(namespace, "web")["spec"]["replicas"] == 1
     # A patch that changes nothing keeps resourceVersion and generation.
     before = kube.deployment(namespace, "web")
-    again = kube.request("PATCH", f"{path}/web", {"spec": {"replicas": 1}},
-                         content_type="application/merge-patch+json").json()
+    again = kube.request(
+        "PATCH", f"{path}/web", {"spec": {"replicas": 1}}, content_type="application/merge-patch+json"
+    ).json()
     assert again["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert again["metadata"]["generation"] == before["metadata"]["generation"]
 
@@ -116,8 +178,9 @@ def test_watch_streams_events_as_they_happen(kube, namespace):  # noqa: F811
     path = f"/api/v1/namespaces/{namespace}/secrets"
     since = kube.get(path)["metadata"]["resourceVersion"]
     url = f"{kube.server}{path}?watch=true&resourceVersion={since}&timeoutSeconds=20"
-    with requests.get(url, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True,
-                      timeout=20) as response:
+    with requests.get(
+        url, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True, timeout=20
+    ) as response:
         assert response.status_code == 200 and response.headers.get("Transfer-Encoding") == "chunked"
         sent = time.monotonic()
         assert kube.request("POST", path, {"metadata": {"name": "streamed"}}).status_code == 201
@@ -126,8 +189,9 @@ def test_watch_streams_events_as_they_happen(kube, namespace):  # noqa: F811
         assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == "streamed"
     # The legacy /watch/ path form that older clients use answers the same stream.
     legacy = f"{kube.server}/api/v1/watch/namespaces/{namespace}/secrets/streamed?timeoutSeconds=1"
-    with requests.get(legacy, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True,
-                      timeout=10) as response:
+    with requests.get(
+        legacy, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True, timeout=10
+    ) as response:
         events = [json.loads(line) for line in response.iter_lines() if line]
     assert [e["type"] for e in events] == ["ADDED"] and events[0]["object"]["metadata"]["name"] == "streamed"
 

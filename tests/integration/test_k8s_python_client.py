@@ -27,26 +27,47 @@ def namespace(kube):  # noqa: F811
 
 
 def _secret(name: str, token: str = "t0ken", labels: dict | None = None) -> client.V1Secret:
-    return client.V1Secret(metadata=client.V1ObjectMeta(name=name, labels=labels or {"app": "pyclient"}),
-                           data={"token": base64.b64encode(token.encode()).decode()})
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, labels=labels or {"app": "pyclient"}),
+        data={"token": base64.b64encode(token.encode()).decode()},
+    )
 
 
 def _deployment(name: str, replicas: int = 2) -> dict:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}, "annotations": {
-                     "sandbox.xapi.io/pod-start-delay": "0.1", "sandbox.xapi.io/pod-ready-delay": "0.1",
-                     "sandbox.xapi.io/termination-grace": "0.3"}},
-                     "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name},
+                    "annotations": {
+                        "sandbox.xapi.io/pod-start-delay": "0.1",
+                        "sandbox.xapi.io/pod-ready-delay": "0.1",
+                        "sandbox.xapi.io/termination-grace": "0.3",
+                    },
+                },
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+            },
+        },
     }
 
 
 def test_discovery_through_dynamic_client(api_client):
     dynamic = DynamicClient(api_client)
-    for api_version, kind in [("v1", "Namespace"), ("v1", "Secret"), ("v1", "Pod"), ("apps/v1", "Deployment"),
-                              ("apps/v1", "ReplicaSet"), ("coordination.k8s.io/v1", "Lease"),
-                              ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding")]:
+    for api_version, kind in [
+        ("v1", "Namespace"),
+        ("v1", "Secret"),
+        ("v1", "Pod"),
+        ("apps/v1", "Deployment"),
+        ("apps/v1", "ReplicaSet"),
+        ("coordination.k8s.io/v1", "Lease"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ]:
         resource = dynamic.resources.get(api_version=api_version, kind=kind)
         assert resource.kind == kind
     deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
@@ -95,13 +116,18 @@ def test_patch_flavours_and_no_op_patch_keeps_resource_version(api_client, names
     again = core.patch_namespaced_secret("patchme", namespace, {"metadata": {"labels": {"tier": "a"}}})
     assert again.metadata.resource_version == merged.metadata.resource_version
     # JSON patch (the typed client picks it for a list body), including a failing test op.
-    patched = core.patch_namespaced_secret("patchme", namespace, [{"op": "replace", "path": "/metadata/labels/tier",
-                                                                   "value": "b"}])
+    patched = core.patch_namespaced_secret(
+        "patchme", namespace, [{"op": "replace", "path": "/metadata/labels/tier", "value": "b"}]
+    )
     assert patched.metadata.labels["tier"] == "b"
     with pytest.raises(client.ApiException) as failed:
-        core.patch_namespaced_secret("patchme", namespace, [{"op": "test", "path": "/metadata/labels/tier", "value": "z"}])
+        core.patch_namespaced_secret(
+            "patchme", namespace, [{"op": "test", "path": "/metadata/labels/tier", "value": "z"}]
+        )
     assert failed.value.status == 422
-    assert core.read_namespaced_secret("patchme", namespace).metadata.resource_version == patched.metadata.resource_version
+    assert (
+        core.read_namespaced_secret("patchme", namespace).metadata.resource_version == patched.metadata.resource_version
+    )
 
 
 def test_deployment_generation_and_validation(api_client, namespace):
@@ -110,11 +136,16 @@ def test_deployment_generation_and_validation(api_client, namespace):
     created = deployments.create(body=_deployment("gen"), namespace=namespace)
     assert created.metadata.generation == 1
     assert created.spec.strategy.rollingUpdate.maxSurge == "25%"  # defaulted like a real server
-    scaled = deployments.patch(name="gen", namespace=namespace, body={"spec": {"replicas": 3}},
-                               content_type="application/merge-patch+json")
+    scaled = deployments.patch(
+        name="gen", namespace=namespace, body={"spec": {"replicas": 3}}, content_type="application/merge-patch+json"
+    )
     assert scaled.metadata.generation == 2
-    status_only = deployments.status.patch(name="gen", namespace=namespace, body={"status": {"collisionCount": 0}},
-                                           content_type="application/merge-patch+json")
+    status_only = deployments.status.patch(
+        name="gen",
+        namespace=namespace,
+        body={"status": {"collisionCount": 0}},
+        content_type="application/merge-patch+json",
+    )
     assert status_only.metadata.generation == 2
 
     bad = _deployment("bad")
@@ -130,8 +161,9 @@ def test_deployment_generation_and_validation(api_client, namespace):
 def test_watch_sees_the_rollout_finish(api_client, kube, namespace):  # noqa: F811
     apps = client.AppsV1Api(api_client)
     dynamic = DynamicClient(api_client)
-    dynamic.resources.get(api_version="apps/v1", kind="Deployment").create(body=_deployment("watched"),
-                                                                           namespace=namespace)
+    dynamic.resources.get(api_version="apps/v1", kind="Deployment").create(
+        body=_deployment("watched"), namespace=namespace
+    )
     kube.wait_for(lambda: rollout_complete(kube.deployment(namespace, "watched")), 30, "the first rollout")
     listed = apps.list_namespaced_deployment(namespace, field_selector="metadata.name=watched")
     start_rv = listed.metadata.resource_version
@@ -141,14 +173,25 @@ def test_watch_sees_the_rollout_finish(api_client, kube, namespace):  # noqa: F8
     seen: list[tuple[str, int, int, int]] = []
     done = threading.Event()
     stream = watch.Watch()
-    for event in stream.stream(apps.list_namespaced_deployment, namespace, field_selector="metadata.name=watched",
-                               resource_version=start_rv, timeout_seconds=30):
+    for event in stream.stream(
+        apps.list_namespaced_deployment,
+        namespace,
+        field_selector="metadata.name=watched",
+        resource_version=start_rv,
+        timeout_seconds=30,
+    ):
         obj = event["object"]
         status = obj.status
-        seen.append((event["type"], obj.metadata.generation, status.updated_replicas or 0, status.available_replicas or 0))
+        seen.append(
+            (event["type"], obj.metadata.generation, status.updated_replicas or 0, status.available_replicas or 0)
+        )
         progressing = next((c for c in status.conditions or [] if c.type == "Progressing"), None)
-        if (status.observed_generation == generation and (status.updated_replicas or 0) == 2
-                and (status.replicas or 0) == 2 and (status.available_replicas or 0) == 2):
+        if (
+            status.observed_generation == generation
+            and (status.updated_replicas or 0) == 2
+            and (status.replicas or 0) == 2
+            and (status.available_replicas or 0) == 2
+        ):
             assert progressing is not None and progressing.reason == "NewReplicaSetAvailable"
             done.set()
             stream.stop()
@@ -159,8 +202,10 @@ def test_watch_sees_the_rollout_finish(api_client, kube, namespace):  # noqa: F8
 
 def test_leases_for_the_rotation_lock(api_client, namespace):
     coordination = client.CoordinationV1Api(api_client)
-    lease = client.V1Lease(metadata=client.V1ObjectMeta(name="rotation-lock"),
-                           spec=client.V1LeaseSpec(holder_identity="run-1", lease_duration_seconds=60))
+    lease = client.V1Lease(
+        metadata=client.V1ObjectMeta(name="rotation-lock"),
+        spec=client.V1LeaseSpec(holder_identity="run-1", lease_duration_seconds=60),
+    )
     created = coordination.create_namespaced_lease(namespace, lease)
     with pytest.raises(client.ApiException) as exists:
         coordination.create_namespaced_lease(namespace, lease)
@@ -177,8 +222,12 @@ def test_leases_for_the_rotation_lock(api_client, namespace):
 def test_pods_and_replicasets_are_read_only_for_clients(api_client, kube, namespace):  # noqa: F811
     kube.emulator("pods and ReplicaSets belong to its controllers")
     with pytest.raises(client.ApiException) as refused:
-        client.AppsV1Api(api_client).create_namespaced_replica_set(namespace, {
-            "metadata": {"name": "x"}, "spec": {"selector": {"matchLabels": {"a": "b"}},
-                                                "template": {"metadata": {"labels": {"a": "b"}}}}})
+        client.AppsV1Api(api_client).create_namespaced_replica_set(
+            namespace,
+            {
+                "metadata": {"name": "x"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}}},
+            },
+        )
     assert refused.value.status == 405
     assert json.loads(refused.value.body)["reason"] == "MethodNotAllowed"

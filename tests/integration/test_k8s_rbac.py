@@ -16,8 +16,12 @@ ROTATOR_RULES = [
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["rotation-lock"],
-     "verbs": ["get", "update"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["rotation-lock"],
+        "verbs": ["get", "update"],
+    },
 ]
 
 
@@ -27,15 +31,25 @@ def rotator(kube, tmp_path_factory):  # noqa: F811
     kube.emulator("POST /_sandbox/tokens issues the service account's token")
     namespace = kube.namespace("rbac")
     kube.seed(namespace, "payments-api", replicas=1)
-    other = kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets",
-                         {"metadata": {"name": "unrelated"}, "stringData": {"password": "x"}})
+    other = kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"metadata": {"name": "unrelated"}, "stringData": {"password": "x"}},
+    )
     assert other.status_code == 201
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "credential-rotator"}, "rules": ROTATOR_RULES}
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "credential-rotator"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "credential-rotator"},
-               "subjects": [{"kind": "ServiceAccount", "name": "rotator", "namespace": namespace}]}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "credential-rotator"},
+        "rules": ROTATOR_RULES,
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "credential-rotator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "credential-rotator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "rotator", "namespace": namespace}],
+    }
     for path, body in (("roles", role), ("rolebindings", binding)):
         response = kube.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/{path}", body)
         assert response.status_code == 201, response.text
@@ -58,18 +72,24 @@ def test_the_role_grants_exactly_its_rules(kube, rotator):  # noqa: F811
     apps = f"/apis/apps/v1/namespaces/{namespace}"
     assert kube.request("GET", f"{base}/secrets/payments-api-token", token=token).status_code == 200
     message = _forbidden(kube.request("GET", f"{base}/secrets/unrelated", token=token))
-    assert message == (f'secrets "unrelated" is forbidden: User "system:serviceaccount:{namespace}:rotator" '
-                       f'cannot get resource "secrets" in API group "" in the namespace "{namespace}"')
+    assert message == (
+        f'secrets "unrelated" is forbidden: User "system:serviceaccount:{namespace}:rotator" '
+        f'cannot get resource "secrets" in API group "" in the namespace "{namespace}"'
+    )
     _forbidden(kube.request("GET", f"{base}/secrets", token=token))
     _forbidden(kube.request("DELETE", f"{base}/secrets/payments-api-token", token=token))
-    patched = kube.request("PATCH", f"{base}/secrets/payments-api-token", {"metadata": {"annotations": {"x": "1"}}},
-                           content_type="application/merge-patch+json", token=token)
+    patched = kube.request(
+        "PATCH",
+        f"{base}/secrets/payments-api-token",
+        {"metadata": {"annotations": {"x": "1"}}},
+        content_type="application/merge-patch+json",
+        token=token,
+    )
     assert patched.status_code == 200
 
     assert kube.request("GET", f"{apps}/deployments/payments-api", token=token).status_code == 200
     _forbidden(kube.request("DELETE", f"{apps}/deployments/payments-api", token=token))
-    _forbidden(kube.request("PUT", f"{apps}/deployments/payments-api/scale",
-                            {"spec": {"replicas": 5}}, token=token))
+    _forbidden(kube.request("PUT", f"{apps}/deployments/payments-api/scale", {"spec": {"replicas": 5}}, token=token))
     assert kube.request("GET", f"{apps}/replicasets?labelSelector=app%3Dpayments-api", token=token).status_code == 200
     assert kube.request("GET", f"{base}/pods", token=token).status_code == 200
     _forbidden(kube.request("GET", f"{base}/pods/whatever", token=token))  # list/watch only, no get
@@ -77,8 +97,12 @@ def test_the_role_grants_exactly_its_rules(kube, rotator):  # noqa: F811
     _forbidden(kube.request("GET", "/api/v1/pods", token=token))  # cluster scope
     _forbidden(kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": "nope"}}, token=token))
 
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "rotation-lock"},
-             "spec": {"holderIdentity": "run-1"}}
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "rotation-lock"},
+        "spec": {"holderIdentity": "run-1"},
+    }
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     created = kube.request("POST", leases, lease, token=token)
     assert created.status_code == 201
@@ -136,13 +160,15 @@ def test_kubectl_and_kubernetes_core_as_the_rotator(kube, rotator, run_playbook)
           spec: {{template: {{metadata: {{annotations: {{xapi.io/rotation: rbac-1}}}}}}}}
       register: restarted
     - debug:
-        msg: "RESULT>>{{{{ {{'found': allowed.resources | length, 'restarted': restarted.changed}} | to_json }}}}<<RESULT"
+        msg: "RESULT>>{{{{ result | to_json }}}}<<RESULT"
+      vars:
+        result: {{found: "{{{{ allowed.resources | length }}}}", restarted: "{{{{ restarted.changed }}}}"}}
     - kubernetes.core.k8s_info:
         kind: Secret
         namespace: {namespace}
 """
     result = run_playbook(playbook, env={"KUBECONFIG": kubeconfig})
     text = result.stdout
-    facts = json.loads(text[text.index("RESULT>>") + 8:text.index("<<RESULT")])
+    facts = json.loads(text[text.index("RESULT>>") + 8 : text.index("<<RESULT")])
     assert facts == {"found": 1, "restarted": True}
     assert result.returncode != 0 and "Forbidden" in text

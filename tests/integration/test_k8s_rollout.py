@@ -33,15 +33,22 @@ def _new_credential(sandbox, name: str) -> tuple[str, str, str]:
 
 
 def _store_in_secret(kube, namespace: str, secret: str, user_id: str, token: str) -> None:  # noqa: F811
-    response = kube.request("PATCH", f"/api/v1/namespaces/{namespace}/secrets/{secret}",
-                            {"data": {"token": _b64(token), "id": _b64(user_id)}},
-                            content_type="application/merge-patch+json")
+    response = kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/secrets/{secret}",
+        {"data": {"token": _b64(token), "id": _b64(user_id)}},
+        content_type="application/merge-patch+json",
+    )
     assert response.status_code == 200, response.text
 
 
 def _restart(kube, namespace: str, name: str) -> None:  # noqa: F811
-    response = kube.request("PATCH", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}", restart_patch(),
-                            content_type="application/strategic-merge-patch+json")
+    response = kube.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+        restart_patch(),
+        content_type="application/strategic-merge-patch+json",
+    )
     assert response.status_code == 200, response.text
 
 
@@ -52,8 +59,11 @@ def _calls(sandbox, user_id: str) -> dict[str, int]:
 def _settled(kube, namespace: str, name: str, fingerprint: str) -> bool:  # noqa: F811
     """Rollout complete, no terminating pod left, and every pod holds the wanted token."""
     pods = kube.pods_state(namespace, name)
-    return (rollout_complete(kube.deployment(namespace, name)) and bool(pods)
-            and all(not p["terminating"] and p["token_fingerprint"] == fingerprint for p in pods))
+    return (
+        rollout_complete(kube.deployment(namespace, name))
+        and bool(pods)
+        and all(not p["terminating"] and p["token_fingerprint"] == fingerprint for p in pods)
+    )
 
 
 def test_restart_with_a_valid_new_token_causes_no_401(kube, sandbox):  # noqa: F811
@@ -87,8 +97,13 @@ def test_deactivating_the_old_token_mid_rollout_shows_up_as_401s(kube, sandbox):
     new_id, new_token, new_fp = _new_credential(sandbox, f"{namespace}-v2")
     _store_in_secret(kube, namespace, service["secret"], new_id, new_token)
     _restart(kube, namespace, service["deployment"])
-    kube.wait_for(lambda: any(p["token_fingerprint"] == new_fp and p["ready"]
-                              for p in kube.pods_state(namespace, "payments-api")), 20, "a first new pod")
+    kube.wait_for(
+        lambda: any(
+            p["token_fingerprint"] == new_fp and p["ready"] for p in kube.pods_state(namespace, "payments-api")
+        ),
+        20,
+        "a first new pod",
+    )
     assert not rollout_complete(kube.deployment(namespace, "payments-api")), "too late: the rollout already ended"
     response = sandbox.api("POST", f"/api/v1/system-users/{old_id}/deactivate")
     assert response.status_code == 200
@@ -116,15 +131,18 @@ def test_terminating_pods_keep_calling_with_the_old_token_after_rollout_status_s
         assert by_name[pod["name"]]["metadata"].get("deletionTimestamp"), "a terminating pod shows deletionTimestamp"
     first = {p["name"]: sum(p["requests"].values()) for p in lingering}
     time.sleep(0.6)
-    later = {p["name"]: sum(p["requests"].values()) for p in kube.pods_state(namespace, "payments-api") if p["terminating"]}
+    later = {
+        p["name"]: sum(p["requests"].values()) for p in kube.pods_state(namespace, "payments-api") if p["terminating"]
+    }
     assert any(later.get(name, 0) > count for name, count in first.items()), "terminating pods still call the API"
     kube.wait_for(lambda: _settled(kube, namespace, "payments-api", new_fp), 10, "the grace period to end")
 
 
 def test_option_b_volume_reload_switches_tokens_without_a_restart(kube, sandbox):  # noqa: F811
     namespace = kube.namespace("rollout-reload")
-    service = kube.seed(namespace, strategy="reload", reload_interval=0.2,
-                        annotations={"sandbox.xapi.io/secret-sync-delay": "0.8"})
+    service = kube.seed(
+        namespace, strategy="reload", reload_interval=0.2, annotations={"sandbox.xapi.io/secret-sync-delay": "0.8"}
+    )
     old_id = service["system_user_id"]
     pods_before = {p["name"] for p in kube.pods_state(namespace, "payments-api")}
     generation = kube.deployment(namespace, "payments-api")["metadata"]["generation"]
@@ -142,10 +160,13 @@ def test_option_b_volume_reload_switches_tokens_without_a_restart(kube, sandbox)
 
 
 def _watch_deployment(kube, namespace: str, name: str, since: str, events: list, stop: threading.Event) -> None:  # noqa: F811
-    url = (f"{kube.server}/apis/apps/v1/namespaces/{namespace}/deployments?watch=true"
-           f"&fieldSelector=metadata.name%3D{name}&resourceVersion={since}&timeoutSeconds=60")
-    with requests.get(url, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True,
-                      timeout=60) as response:
+    url = (
+        f"{kube.server}/apis/apps/v1/namespaces/{namespace}/deployments?watch=true"
+        f"&fieldSelector=metadata.name%3D{name}&resourceVersion={since}&timeoutSeconds=60"
+    )
+    with requests.get(
+        url, headers={"Authorization": f"Bearer {kube.token}"}, verify=kube.ca, stream=True, timeout=60
+    ) as response:
         for line in response.iter_lines():
             if line:
                 events.append((time.monotonic(), json.loads(line)))
@@ -157,15 +178,24 @@ def _watch_deployment(kube, namespace: str, name: str, since: str, events: list,
 def test_rolling_update_honours_max_surge_and_max_unavailable(kube, max_surge, max_unavailable):  # noqa: F811
     namespace = kube.namespace("rollout-bounds")
     replicas = 4
-    kube.seed(namespace, replicas=replicas, deployment_spec={"strategy": {
-        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable}}})
+    kube.seed(
+        namespace,
+        replicas=replicas,
+        deployment_spec={
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": max_unavailable},
+            }
+        },
+    )
     surge = {1: 1, 0: 0, "50%": 2}[max_surge]
     unavailable = {0: 0, 2: 2, "25%": 1}[max_unavailable]
     since = kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments")["metadata"]["resourceVersion"]
     events: list = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_deployment, args=(kube, namespace, "payments-api", since, events, stop),
-                               daemon=True)
+    watcher = threading.Thread(
+        target=_watch_deployment, args=(kube, namespace, "payments-api", since, events, stop), daemon=True
+    )
     watcher.start()
     started = time.monotonic()
     _restart(kube, namespace, "payments-api")
@@ -185,29 +215,46 @@ def test_never_ready_pods_stall_the_rollout_and_reverting_the_template_recovers(
     namespace = kube.namespace("rollout-stuck")
     service = kube.seed(namespace, replicas=3, deployment_spec={"progressDeadlineSeconds": 2})
     old_id = service["system_user_id"]
-    kube.control("POST", "/_sandbox/faults", {"namespace": namespace, "deployment": "payments-api", "never_ready": True})
+    kube.control(
+        "POST", "/_sandbox/faults", {"namespace": namespace, "deployment": "payments-api", "never_ready": True}
+    )
     try:
         _restart(kube, namespace, "payments-api")
         deployment = kube.wait_for(
-            lambda: (d := kube.deployment(namespace, "payments-api")) and
-            condition(d, "Progressing").get("reason") == "ProgressDeadlineExceeded" and d, 15, "the progress deadline")
+            lambda: (
+                (d := kube.deployment(namespace, "payments-api"))
+                and condition(d, "Progressing").get("reason") == "ProgressDeadlineExceeded"
+                and d
+            ),
+            15,
+            "the progress deadline",
+        )
         status = deployment["status"]
         assert condition(deployment, "Progressing")["status"] == "False"
-        assert status["availableReplicas"] == 3 and status["updatedReplicas"] == 1 and status["unavailableReplicas"] == 1
+        assert (
+            status["availableReplicas"] == 3 and status["updatedReplicas"] == 1 and status["unavailableReplicas"] == 1
+        )
         assert condition(deployment, "Available")["status"] == "True"
 
         # The rollback path: put the previous pod template back (drop the restart annotation).
-        response = kube.request("PATCH", f"/apis/apps/v1/namespaces/{namespace}/deployments/payments-api",
-                                [{"op": "remove", "path": "/spec/template/metadata/annotations/"
-                                  "kubectl.kubernetes.io~1restartedAt"}],
-                                content_type="application/json-patch+json")
+        response = kube.request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/payments-api",
+            [{"op": "remove", "path": "/spec/template/metadata/annotations/kubectl.kubernetes.io~1restartedAt"}],
+            content_type="application/json-patch+json",
+        )
         assert response.status_code == 200, response.text
-        kube.wait_for(lambda: _settled(kube, namespace, "payments-api", service["token_fingerprint"]), 15,
-                      "the old ReplicaSet to take over again")
+        kube.wait_for(
+            lambda: _settled(kube, namespace, "payments-api", service["token_fingerprint"]),
+            15,
+            "the old ReplicaSet to take over again",
+        )
         replicasets = kube.get(f"/apis/apps/v1/namespaces/{namespace}/replicasets")["items"]
         active = [rs for rs in replicasets if rs["spec"]["replicas"] > 0]
         assert len(active) == 1 and active[0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
-        assert condition(kube.deployment(namespace, "payments-api"), "Progressing")["reason"] == "NewReplicaSetAvailable"
+        assert (
+            condition(kube.deployment(namespace, "payments-api"), "Progressing")["reason"] == "NewReplicaSetAvailable"
+        )
         assert "401" not in _calls(sandbox, old_id)
     finally:
         kube.control("DELETE", "/_sandbox/faults")

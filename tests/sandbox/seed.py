@@ -44,8 +44,9 @@ class Cluster:
         self.context = ssl.create_default_context(cafile=cluster.get("certificate-authority"))
         self._local = threading.local()
 
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if data is not None:
@@ -53,8 +54,9 @@ class Cluster:
         for attempt in (1, 2):
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = http.client.HTTPSConnection(self.host, self.port, timeout=30,
-                                                                      context=self.context)
+                conn = self._local.conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=30, context=self.context
+                )
             try:
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
@@ -77,8 +79,10 @@ class Cluster:
         if status == 409 and answer.get("reason") == "AlreadyExists":
             status, answer = self.request("GET", f"{path}/{body['metadata']['name']}")
         if status >= 300:
-            raise SeedError(f"creating {body['kind']} {body['metadata']['name']!r} failed with HTTP {status}: "
-                            f"{answer.get('message', '')}")
+            raise SeedError(
+                f"creating {body['kind']} {body['metadata']['name']!r} failed with HTTP {status}: "
+                f"{answer.get('message', '')}"
+            )
         return answer
 
 
@@ -108,16 +112,27 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def deployment_manifest(namespace: str, name: str, secret: str, replicas: int, strategy: str,
-                        reload_interval: float, template_annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def deployment_manifest(
+    namespace: str,
+    name: str,
+    secret: str,
+    replicas: int,
+    strategy: str,
+    reload_interval: float,
+    template_annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The Deployment of a service whose pods use the token as Option A (env) or Option B (volume)."""
-    container: dict[str, Any] = {"name": "app", "image": f"registry.example/xapi/{name}:1.0",
-                                 "env": [{"name": "XAPI_SYSTEM_USER_ID",
-                                          "valueFrom": {"secretKeyRef": {"name": secret, "key": "id"}}}]}
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": f"registry.example/xapi/{name}:1.0",
+        "env": [{"name": "XAPI_SYSTEM_USER_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": "id"}}}],
+    }
     pod_spec: dict[str, Any] = {"containers": [container]}
     template_meta: dict[str, Any] = {"labels": {"app": name}}
     if strategy == "restart":
-        container["env"].insert(0, {"name": "XAPI_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}})
+        container["env"].insert(
+            0, {"name": "XAPI_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}}
+        )
     elif strategy == "reload":
         container["volumeMounts"] = [{"name": "xapi-token", "mountPath": TOKEN_MOUNT, "readOnly": True}]
         container["env"].insert(0, {"name": "XAPI_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/token"})
@@ -128,18 +143,32 @@ def deployment_manifest(namespace: str, name: str, secret: str, replicas: int, s
     if template_annotations:
         template_meta.setdefault("annotations", {}).update(template_annotations)
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": template_meta, "spec": pod_spec}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": template_meta, "spec": pod_spec},
+        },
     }
 
 
-def seed_service(platform_url: str, admin_token: str, kubeconfig: str | Path, namespace: str, name: str,
-                 replicas: int = 3, expires_in_days: int = 5, strategy: str = "restart",
-                 platform_ca: str | None = None, reload_interval: float = 2.0,
-                 system_user_name: str | None = None, template_annotations: dict[str, str] | None = None,
-                 deployment_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def seed_service(
+    platform_url: str,
+    admin_token: str,
+    kubeconfig: str | Path,
+    namespace: str,
+    name: str,
+    replicas: int = 3,
+    expires_in_days: int = 5,
+    strategy: str = "restart",
+    platform_ca: str | None = None,
+    reload_interval: float = 2.0,
+    system_user_name: str | None = None,
+    template_annotations: dict[str, str] | None = None,
+    deployment_spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Create one service; returns ids and names (and the token's fingerprint), never the token.
 
     ``template_annotations`` go on the pod template (the emulator's per-deployment timings,
@@ -148,9 +177,18 @@ def seed_service(platform_url: str, admin_token: str, kubeconfig: str | Path, na
     """
     cluster = _cluster(kubeconfig)
     user_name = system_user_name or f"{namespace}-{name}"
-    status, body = api(platform_url, "POST", "/api/v1/system-users", token=admin_token, ca=platform_ca,
-                       json={"name": user_name, "description": f"sandbox service {namespace}/{name}",
-                             "expires_in_days": expires_in_days})
+    status, body = api(
+        platform_url,
+        "POST",
+        "/api/v1/system-users",
+        token=admin_token,
+        ca=platform_ca,
+        json={
+            "name": user_name,
+            "description": f"sandbox service {namespace}/{name}",
+            "expires_in_days": expires_in_days,
+        },
+    )
     if status != 201:
         error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
         raise SeedError(f"creating system user {user_name!r} failed with HTTP {status}: {error.get('message', '')}")
@@ -159,17 +197,28 @@ def seed_service(platform_url: str, admin_token: str, kubeconfig: str | Path, na
 
     cluster.ensure("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     secret = f"{name}-token"
-    cluster.ensure(f"/api/v1/namespaces/{namespace}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret, "namespace": namespace, "labels": {"app": name}},
-        "data": {"token": _b64(token), "id": _b64(user["id"])},
-    })
+    cluster.ensure(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": secret, "namespace": namespace, "labels": {"app": name}},
+            "data": {"token": _b64(token), "id": _b64(user["id"])},
+        },
+    )
     manifest = deployment_manifest(namespace, name, secret, replicas, strategy, reload_interval, template_annotations)
     manifest["spec"].update(deployment_spec or {})
     cluster.ensure(f"/apis/apps/v1/namespaces/{namespace}/deployments", manifest)
-    return {"namespace": namespace, "system_user_id": user["id"], "system_user_name": user_name,
-            "expires_at": user["expires_at"], "secret": secret, "deployment": name,
-            "token_fingerprint": hashlib.sha256(token.encode()).hexdigest()[:8]}
+    return {
+        "namespace": namespace,
+        "system_user_id": user["id"],
+        "system_user_name": user_name,
+        "expires_at": user["expires_at"],
+        "secret": secret,
+        "deployment": name,
+        "token_fingerprint": hashlib.sha256(token.encode()).hexdigest()[:8],
+    }
 
 
 def wait_available(kubeconfig: str | Path, namespace: str, name: str, timeout: float = 60) -> None:
@@ -181,19 +230,32 @@ def wait_available(kubeconfig: str | Path, namespace: str, name: str, timeout: f
         if status == 200:
             spec, state = body["spec"], body.get("status") or {}
             wanted = spec.get("replicas", 1)
-            if (state.get("observedGeneration", 0) >= body["metadata"].get("generation", 1)
-                    and state.get("updatedReplicas", 0) == wanted and state.get("replicas", 0) == wanted
-                    and state.get("availableReplicas", 0) == wanted):
+            if (
+                state.get("observedGeneration", 0) >= body["metadata"].get("generation", 1)
+                and state.get("updatedReplicas", 0) == wanted
+                and state.get("replicas", 0) == wanted
+                and state.get("availableReplicas", 0) == wanted
+            ):
                 return
         time.sleep(0.1)
     raise SeedError(f"deployment {namespace}/{name} did not become available within {timeout:.0f}s")
 
 
-def seed_demo(platform_url: str, admin_token: str, kubeconfig: str | Path, platform_ca: str | None = None,
-              wait: bool = True) -> dict[str, Any]:
+def seed_demo(
+    platform_url: str, admin_token: str, kubeconfig: str | Path, platform_ca: str | None = None, wait: bool = True
+) -> dict[str, Any]:
     """The demo world: namespace demo, Deployment payments-api (3 replicas), Secret payments-api-token."""
-    service = seed_service(platform_url, admin_token, kubeconfig, namespace="demo", name="payments-api",
-                           replicas=3, expires_in_days=5, strategy="restart", platform_ca=platform_ca)
+    service = seed_service(
+        platform_url,
+        admin_token,
+        kubeconfig,
+        namespace="demo",
+        name="payments-api",
+        replicas=3,
+        expires_in_days=5,
+        strategy="restart",
+        platform_ca=platform_ca,
+    )
     if wait:
         wait_available(kubeconfig, "demo", "payments-api")
     return service

@@ -36,11 +36,17 @@ def _write_private(path: Path, text: str) -> None:
 def kubeconfig_text(url: str, ca_file: Path, token: str, namespace: str = "demo") -> str:
     # JSON is valid YAML, and every client (kubectl, client-go, the Python client) reads it.
     config = {
-        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
         "clusters": [{"name": "xapi-sandbox", "cluster": {"server": url, "certificate-authority": str(ca_file)}}],
         "users": [{"name": "sandbox-admin", "user": {"token": token}}],
-        "contexts": [{"name": "xapi-sandbox", "context": {"cluster": "xapi-sandbox", "user": "sandbox-admin",
-                                                         "namespace": namespace}}],
+        "contexts": [
+            {
+                "name": "xapi-sandbox",
+                "context": {"cluster": "xapi-sandbox", "user": "sandbox-admin", "namespace": namespace},
+            }
+        ],
         "current-context": "xapi-sandbox",
     }
     return json.dumps(config, indent=2) + "\n"
@@ -78,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"seconds (default {value})")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     state_dir: Path = args.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "ready.json").unlink(missing_ok=True)
@@ -118,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    ready = {"url": url, "pid": os.getpid(), "kubeconfig": str(kubeconfig), "ca_file": str(tls.ca_file),
-             "admin_token": admin_token}
+    ready = {
+        "url": url,
+        "pid": os.getpid(),
+        "kubeconfig": str(kubeconfig),
+        "ca_file": str(tls.ca_file),
+        "admin_token": admin_token,
+    }
     _write_private(state_dir / "ready.json", json.dumps(ready) + "\n")
     logging.getLogger("k8s-emulator").info("serving %s (kubeconfig %s)", url, kubeconfig)
     try:

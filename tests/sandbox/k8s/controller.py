@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.sandbox.k8s.resources import lookup, selector_matches
+from tests.sandbox.k8s.resources import lookup
 from tests.sandbox.k8s.store import ApiError, Event, Store, now_rfc3339
 
 log = logging.getLogger("k8s-emulator.controller")
@@ -199,12 +199,16 @@ class Controller:
 
     def add_fault(self, body: dict[str, Any]) -> None:
         if body.get("never_ready") is not True:
-            raise ApiError(400, "BadRequest", 'a fault needs "never_ready": true (optionally "namespace" and "deployment")')
+            raise ApiError(
+                400, "BadRequest", 'a fault needs "never_ready": true (optionally "namespace" and "deployment")'
+            )
         for key in ("namespace", "deployment"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ApiError(400, "BadRequest", f"fault {key} must be a string")
         with self.store.lock:
-            self.faults.append({"namespace": body.get("namespace"), "deployment": body.get("deployment"), "never_ready": True})
+            self.faults.append(
+                {"namespace": body.get("namespace"), "deployment": body.get("deployment"), "never_ready": True}
+            )
 
     def clear_faults(self) -> None:
         with self.store.lock:
@@ -223,18 +227,32 @@ class Controller:
 
     def state(self) -> dict[str, Any]:
         with self.pods_lock:
-            pods = [{
-                "namespace": p.namespace, "name": p.name, "deployment": p.deployment, "replicaset": p.replicaset,
-                "started": p.started, "ready": p.ready, "terminating": p.remove_at is not None,
-                "waiting_reason": None if p.started else p.waiting_reason,
-                "token_mode": p.token_mode, "token_fingerprint": p.token_fingerprint, "requests": dict(p.requests),
-            } for p in sorted(self.pods.values(), key=lambda p: (p.namespace, p.name))]
+            pods = [
+                {
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "deployment": p.deployment,
+                    "replicaset": p.replicaset,
+                    "started": p.started,
+                    "ready": p.ready,
+                    "terminating": p.remove_at is not None,
+                    "waiting_reason": None if p.started else p.waiting_reason,
+                    "token_mode": p.token_mode,
+                    "token_fingerprint": p.token_fingerprint,
+                    "requests": dict(p.requests),
+                }
+                for p in sorted(self.pods.values(), key=lambda p: (p.namespace, p.name))
+            ]
             totals = dict(self.finished_requests)
             for pod in self.pods.values():
                 for status, count in pod.requests.items():
                     totals[status] = totals.get(status, 0) + count
-        return {"config": self.config.as_dict(), "faults": self.faults_list(), "pods": pods,
-                "workload": {"requests": totals}}
+        return {
+            "config": self.config.as_dict(),
+            "faults": self.faults_list(),
+            "pods": pods,
+            "workload": {"requests": totals},
+        }
 
     def terminate_pod(self, pod: dict[str, Any], grace: float | None) -> dict[str, Any]:
         """Graceful pod deletion (client DELETE or controller scale-down); caller holds store.lock."""
@@ -299,8 +317,10 @@ class Controller:
     # -- kubelet -----------------------------------------------------------------------------
 
     def _never_ready(self, runtime: PodRuntime) -> bool:
-        return any((f["namespace"] in (None, runtime.namespace)) and (f["deployment"] in (None, runtime.deployment))
-                   for f in self.faults)
+        return any(
+            (f["namespace"] in (None, runtime.namespace)) and (f["deployment"] in (None, runtime.deployment))
+            for f in self.faults
+        )
 
     def _read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         secret = self.store.peek(SECRETS, namespace, name)
@@ -324,16 +344,25 @@ class Controller:
                 continue
             if not runtime.started and now >= runtime.start_at:
                 self._start_container(runtime, pod, now)
-            elif runtime.started and runtime.token_mode == "volume" and runtime.reload_interval is not None \
-                    and now >= runtime.next_reload:
+            elif (
+                runtime.started
+                and runtime.token_mode == "volume"
+                and runtime.reload_interval is not None
+                and now >= runtime.next_reload
+            ):
                 data = self.secret_history.as_seen(runtime.namespace, runtime.secret_name, runtime.sync_delay)
                 value = (data or {}).get(runtime.secret_key)
                 if value is not None:
                     with self.pods_lock:
                         runtime.token = base64.b64decode(value).decode(errors="replace")
                 runtime.next_reload = now + runtime.reload_interval
-            if runtime.started and not runtime.ready and runtime.ready_at is not None and now >= runtime.ready_at \
-                    and not self._never_ready(runtime):
+            if (
+                runtime.started
+                and not runtime.ready
+                and runtime.ready_at is not None
+                and now >= runtime.ready_at
+                and not self._never_ready(runtime)
+            ):
                 runtime.ready = True
                 self._write_pod_status(runtime, pod)
 
@@ -354,8 +383,14 @@ class Controller:
             else:
                 token = self._read_secret_key(runtime.namespace, runtime.secret_name, runtime.secret_key)
         if token is None and runtime.token_mode != "none":
-            if pod.get("status", {}).get("containerStatuses", [{}])[0].get("state", {}).get("waiting", {}).get("reason") \
-                    != runtime.waiting_reason:
+            if (
+                pod.get("status", {})
+                .get("containerStatuses", [{}])[0]
+                .get("state", {})
+                .get("waiting", {})
+                .get("reason")
+                != runtime.waiting_reason
+            ):
                 self._write_pod_status(runtime, pod)
             runtime.start_at = now + 0.5  # the kubelet retries
             return
@@ -382,13 +417,22 @@ class Controller:
             return {"type": kind, "status": wanted, "lastProbeTime": None, "lastTransitionTime": stamp}
 
         status["phase"] = "Running" if runtime.started else "Pending"
-        status["conditions"] = [condition("PodScheduled", True), condition("Initialized", True),
-                                condition("ContainersReady", runtime.ready), condition("Ready", runtime.ready)]
+        status["conditions"] = [
+            condition("PodScheduled", True),
+            condition("Initialized", True),
+            condition("ContainersReady", runtime.ready),
+            condition("Ready", runtime.ready),
+        ]
         statuses = []
         for container in containers:
-            entry: dict[str, Any] = {"name": container.get("name"), "image": container.get("image"),
-                                     "imageID": "", "restartCount": 0, "ready": runtime.ready,
-                                     "started": runtime.started}
+            entry: dict[str, Any] = {
+                "name": container.get("name"),
+                "image": container.get("image"),
+                "imageID": "",
+                "restartCount": 0,
+                "ready": runtime.ready,
+                "started": runtime.started,
+            }
             if runtime.started:
                 entry["state"] = {"running": {"startedAt": status.get("startTime", stamp)}}
                 entry["containerID"] = f"sandbox://{runtime.uid[:12]}"
@@ -397,6 +441,7 @@ class Controller:
             statuses.append(entry)
         status["containerStatuses"] = statuses
         if status != pod.get("status"):
+
             def change(obj: dict[str, Any]) -> dict[str, Any]:
                 obj["status"] = status
                 return obj
@@ -424,8 +469,12 @@ class Controller:
 
     def _sync_replicaset(self, rs: dict[str, Any]) -> None:
         namespace, name = rs["metadata"]["namespace"], rs["metadata"]["name"]
-        pods = [p for p in self._pods_of(rs["metadata"]["uid"]) if not p["metadata"].get("deletionTimestamp")
-                and not ((r := self.pods.get(p["metadata"]["uid"])) is not None and r.remove_at is not None)]
+        pods = [
+            p
+            for p in self._pods_of(rs["metadata"]["uid"])
+            if not p["metadata"].get("deletionTimestamp")
+            and not ((r := self.pods.get(p["metadata"]["uid"])) is not None and r.remove_at is not None)
+        ]
         wanted = rs["spec"].get("replicas", 0)
         if len(pods) < wanted:
             for _ in range(wanted - len(pods)):
@@ -443,7 +492,7 @@ class Controller:
                 ready = 1 if runtime and runtime.ready else 0
                 return (started, ready, "".join(chr(255 - ord(c)) for c in pod["metadata"]["creationTimestamp"]))
 
-            for pod in sorted(pods, key=victim_rank)[:len(pods) - wanted]:
+            for pod in sorted(pods, key=victim_rank)[: len(pods) - wanted]:
                 self.terminate_pod(pod, None)
                 pods.remove(pod)
         with self.pods_lock:
@@ -462,13 +511,25 @@ class Controller:
         meta = template.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         suffix = "".join(secrets.choice(SAFE_ALPHABET) for _ in range(5))
-        deployment = next((ref["name"] for ref in rs["metadata"].get("ownerReferences") or [] if ref.get("kind") == "Deployment"), "")
+        deployment = next(
+            (ref["name"] for ref in rs["metadata"].get("ownerReferences") or [] if ref.get("kind") == "Deployment"), ""
+        )
         pod = {
             "metadata": {
-                "name": f"{rs['metadata']['name']}-{suffix}", "namespace": namespace,
-                "labels": meta.get("labels") or {}, "annotations": annotations,
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"],
-                                     "uid": rs["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}],
+                "name": f"{rs['metadata']['name']}-{suffix}",
+                "namespace": namespace,
+                "labels": meta.get("labels") or {},
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": rs["metadata"]["name"],
+                        "uid": rs["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": {**template["spec"], "nodeName": "sandbox-node"},
             "status": {"phase": "Pending", "qosClass": "BestEffort", "hostIP": "127.0.0.1", "startTime": now_rfc3339()},
@@ -479,7 +540,9 @@ class Controller:
         self._register_runtime(created, deployment, rs["metadata"]["name"], annotations)
         return created
 
-    def _register_runtime(self, pod: dict[str, Any], deployment: str, replicaset: str, annotations: dict[str, str]) -> None:
+    def _register_runtime(
+        self, pod: dict[str, Any], deployment: str, replicaset: str, annotations: dict[str, str]
+    ) -> None:
         def seconds(key: str, default: float) -> float:
             try:
                 return max(0.0, float(annotations[ANNOTATION + key]))
@@ -489,13 +552,19 @@ class Controller:
         mode, secret_name, secret_key, reload_interval = self._token_source(pod["spec"], annotations)
         now = time.monotonic()
         runtime = PodRuntime(
-            namespace=pod["metadata"]["namespace"], name=pod["metadata"]["name"], uid=pod["metadata"]["uid"],
-            deployment=deployment, replicaset=replicaset,
+            namespace=pod["metadata"]["namespace"],
+            name=pod["metadata"]["name"],
+            uid=pod["metadata"]["uid"],
+            deployment=deployment,
+            replicaset=replicaset,
             start_at=now + seconds("pod-start-delay", self.config.pod_start_delay),
             ready_delay=seconds("pod-ready-delay", self.config.pod_ready_delay),
             grace=seconds("termination-grace", self.config.termination_grace),
             request_interval=max(0.01, seconds("request-interval", self.config.request_interval)),
-            token_mode=mode, secret_name=secret_name, secret_key=secret_key, reload_interval=reload_interval,
+            token_mode=mode,
+            secret_name=secret_name,
+            secret_key=secret_key,
+            reload_interval=reload_interval,
             sync_delay=seconds("secret-sync-delay", self.config.secret_sync_delay),
         )
         with self.pods_lock:
@@ -563,7 +632,9 @@ class Controller:
                 self._rolling(spec, old, new_rs, replicas)
         self._cleanup_history(spec, old)
         owned = [rs for rs in (self.store.peek(REPLICASETS, namespace, o["metadata"]["name"]) for o in owned) if rs]
-        new_rs = next((rs for rs in owned if new_rs is not None and rs["metadata"]["uid"] == new_rs["metadata"]["uid"]), None)
+        new_rs = next(
+            (rs for rs in owned if new_rs is not None and rs["metadata"]["uid"] == new_rs["metadata"]["uid"]), None
+        )
         self._write_status(deployment, owned, new_rs, replicas, now, created_new)
 
     def _create_replicaset(self, deployment: dict[str, Any], pod_hash: str, revision: int) -> dict[str, Any]:
@@ -574,12 +645,24 @@ class Controller:
         selector.setdefault("matchLabels", {})[HASH_LABEL] = pod_hash
         annotations = dict(meta.get("annotations") or {})
         annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-        annotations.update({REVISION: str(revision), "deployment.kubernetes.io/desired-replicas": str(spec.get("replicas", 1))})
+        annotations.update(
+            {REVISION: str(revision), "deployment.kubernetes.io/desired-replicas": str(spec.get("replicas", 1))}
+        )
         rs = {
             "metadata": {
-                "name": f"{meta['name']}-{pod_hash}", "labels": template["metadata"]["labels"], "annotations": annotations,
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True, "blockOwnerDeletion": True}],
+                "name": f"{meta['name']}-{pod_hash}",
+                "labels": template["metadata"]["labels"],
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": {"replicas": 0, "selector": selector, "template": template},
         }
@@ -643,7 +726,9 @@ class Controller:
                 self._scale(rs, rs["spec"]["replicas"] - cut)
                 max_scaled_down -= cut
         available = sum((rs.get("status") or {}).get("availableReplicas", 0) for rs in all_rs)
-        available -= sum(max(0, (rs.get("status") or {}).get("availableReplicas", 0) - rs["spec"]["replicas"]) for rs in old)
+        available -= sum(
+            max(0, (rs.get("status") or {}).get("availableReplicas", 0) - rs["spec"]["replicas"]) for rs in old
+        )
         budget = available - min_available
         for rs in sorted(old_active, key=lambda r: r["metadata"]["creationTimestamp"]):
             if budget <= 0:
@@ -657,12 +742,19 @@ class Controller:
         limit = spec.get("revisionHistoryLimit", 10)
         idle = [rs for rs in old if rs["spec"].get("replicas", 0) == 0 and not (rs.get("status") or {}).get("replicas")]
         idle.sort(key=lambda r: int(r["metadata"].get("annotations", {}).get(REVISION, "0")))
-        for rs in idle[:max(0, len(idle) - limit)]:
+        for rs in idle[: max(0, len(idle) - limit)]:
             if not self._pods_of(rs["metadata"]["uid"]):
                 self.store.delete(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"])
 
-    def _write_status(self, deployment: dict[str, Any], owned: list[dict[str, Any]], new_rs: dict[str, Any] | None,
-                      replicas: int, now: float, created_new: bool) -> None:
+    def _write_status(
+        self,
+        deployment: dict[str, Any],
+        owned: list[dict[str, Any]],
+        new_rs: dict[str, Any] | None,
+        replicas: int,
+        now: float,
+        created_new: bool,
+    ) -> None:
         meta, spec = deployment["metadata"], deployment["spec"]
         old_status = deployment.get("status") or {}
         statuses = [rs.get("status") or {} for rs in owned]
@@ -679,8 +771,11 @@ class Controller:
         _set_if(status, "unavailableReplicas", max(0, spec_total - available))
 
         rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
-        max_unavailable = resolve_int_or_percent(rolling.get("maxUnavailable", "25%"), replicas, round_up=False) \
-            if spec["strategy"]["type"] == "RollingUpdate" else 0
+        max_unavailable = (
+            resolve_int_or_percent(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+            if spec["strategy"]["type"] == "RollingUpdate"
+            else 0
+        )
         stamp = now_rfc3339()
         conditions = {c["type"]: c for c in old_status.get("conditions") or []}
 
@@ -689,40 +784,78 @@ class Controller:
             if old and old["status"] == value and old["reason"] == reason and not touch:
                 return
             transition = old["lastTransitionTime"] if old and old["status"] == value else stamp
-            conditions[kind] = {"type": kind, "status": value, "lastUpdateTime": stamp,
-                                "lastTransitionTime": transition, "reason": reason, "message": message}
+            conditions[kind] = {
+                "type": kind,
+                "status": value,
+                "lastUpdateTime": stamp,
+                "lastTransitionTime": transition,
+                "reason": reason,
+                "message": message,
+            }
 
         if available >= replicas - max_unavailable:
-            set_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", False)
+            set_condition(
+                "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", False
+            )
         else:
-            set_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.", False)
+            set_condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+                False,
+            )
 
         rs_name = new_rs["metadata"]["name"] if new_rs else meta["name"]
         uid = meta["uid"]
-        complete = (updated == replicas and actual == replicas and available == replicas
-                    and (new_rs is None or new_rs["spec"].get("replicas", 0) == replicas))
+        complete = (
+            updated == replicas
+            and actual == replicas
+            and available == replicas
+            and (new_rs is None or new_rs["spec"].get("replicas", 0) == replicas)
+        )
         old_old = old_status.get("replicas", 0) - old_status.get("updatedReplicas", 0)
-        progressed = (updated > old_status.get("updatedReplicas", 0) or actual - updated < old_old
-                      or ready > old_status.get("readyReplicas", 0) or available > old_status.get("availableReplicas", 0))
+        progressed = (
+            updated > old_status.get("updatedReplicas", 0)
+            or actual - updated < old_old
+            or ready > old_status.get("readyReplicas", 0)
+            or available > old_status.get("availableReplicas", 0)
+        )
         current = conditions.get("Progressing")
         if spec.get("paused"):
             set_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused", False)
             self.progress[uid] = now
         elif complete:
-            set_condition("Progressing", "True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.',
-                          current is not None and current["reason"] != "NewReplicaSetAvailable")
+            set_condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                f'ReplicaSet "{rs_name}" has successfully progressed.',
+                current is not None and current["reason"] != "NewReplicaSetAvailable",
+            )
             self.progress[uid] = now
         elif created_new:
             set_condition("Progressing", "True", "NewReplicaSetCreated", f'Created new replica set "{rs_name}"', True)
             self.progress[uid] = now
-        elif progressed or current is None or current["reason"] == "NewReplicaSetAvailable" \
-                or (current["reason"] == "ProgressDeadlineExceeded" and progressed):
+        elif (
+            progressed
+            or current is None
+            or current["reason"] == "NewReplicaSetAvailable"
+            or (current["reason"] == "ProgressDeadlineExceeded" and progressed)
+        ):
             set_condition("Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.', True)
             self.progress[uid] = now
         elif now - self.progress.setdefault(uid, now) > spec.get("progressDeadlineSeconds", 600):
-            set_condition("Progressing", "False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.', False)
+            set_condition(
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                f'ReplicaSet "{rs_name}" has timed out progressing.',
+                False,
+            )
         order = {"Available": 0, "Progressing": 1}
         status["conditions"] = sorted(conditions.values(), key=lambda c: order.get(c["type"], 2))
         if status != old_status:
-            self.store.update_with(DEPLOYMENTS, meta["namespace"], meta["name"], lambda o: {**o, "status": status},
-                                   validate=False)
+            self.store.update_with(
+                DEPLOYMENTS, meta["namespace"], meta["name"], lambda o: {**o, "status": status}, validate=False
+            )

@@ -197,7 +197,11 @@ def json_patch(target: Any, operations: Any) -> Any:
             doc = _remove(doc, path)
         elif op == "replace":
             _get(doc, path)
-            doc = _add(_remove(doc, path), path, operation["value"]) if _pointer(path) else copy.deepcopy(operation["value"])
+            doc = (
+                _add(_remove(doc, path), path, operation["value"])
+                if _pointer(path)
+                else copy.deepcopy(operation["value"])
+            )
         elif op in ("move", "copy"):
             source = operation.get("from")
             if source is None:

@@ -71,8 +71,9 @@ def allowed(store: Store, user: User, attrs: Attributes) -> bool:
     assert roles_rt is not None and bindings_rt is not None
     with store.lock:
         for binding in store.items(bindings_rt, attrs.namespace):
-            if not any(_subject_matches(s, user, attrs.namespace) for s in binding.get("subjects") or []
-                       if isinstance(s, dict)):
+            if not any(
+                _subject_matches(s, user, attrs.namespace) for s in binding.get("subjects") or [] if isinstance(s, dict)
+            ):
                 continue
             ref = binding.get("roleRef") or {}
             if ref.get("kind") != "Role":
@@ -85,8 +86,10 @@ def allowed(store: Store, user: User, attrs: Attributes) -> bool:
 
 def forbidden_message(user: User, attrs: Attributes) -> str:
     resource = f"{attrs.resource}/{attrs.subresource}" if attrs.subresource else attrs.resource
-    subject = f'{attrs.resource}.{attrs.group}' if attrs.group else attrs.resource
+    subject = f"{attrs.resource}.{attrs.group}" if attrs.group else attrs.resource
     what = f'{subject} "{attrs.name}"' if attrs.name else subject
     scope = f' in the namespace "{attrs.namespace}"' if attrs.namespace else " at the cluster scope"
-    return (f'{what} is forbidden: User "{user.name}" cannot {attrs.verb} resource "{resource}" '
-            f'in API group "{attrs.group}"{scope}')
+    return (
+        f'{what} is forbidden: User "{user.name}" cannot {attrs.verb} resource "{resource}" '
+        f'in API group "{attrs.group}"{scope}'
+    )

@@ -49,12 +49,37 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",)),
     ResourceType("", "v1", "secrets", "Secret"),
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
-    ResourceType("", "v1", "pods", "Pod", verbs=("delete", "get", "list", "watch"), short_names=("po",),
-                 client_writable=False, categories=("all",)),
-    ResourceType("apps", "v1", "deployments", "Deployment", short_names=("deploy",), subresources=("status", "scale"),
-                 has_generation=True, categories=("all",)),
-    ResourceType("apps", "v1", "replicasets", "ReplicaSet", verbs=READ_VERBS, short_names=("rs",),
-                 client_writable=False, has_generation=True, categories=("all",)),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        verbs=("delete", "get", "list", "watch"),
+        short_names=("po",),
+        client_writable=False,
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        short_names=("deploy",),
+        subresources=("status", "scale"),
+        has_generation=True,
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        verbs=READ_VERBS,
+        short_names=("rs",),
+        client_writable=False,
+        has_generation=True,
+        categories=("all",),
+    ),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
@@ -82,8 +107,11 @@ def api_resource_list(group: str, version: str) -> dict[str, Any]:
     resources = []
     for rt in BY_GROUP_VERSION.get((group, version), {}).values():
         entry: dict[str, Any] = {
-            "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-            "kind": rt.kind, "verbs": list(rt.verbs),
+            "name": rt.plural,
+            "singularName": rt.singular,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": list(rt.verbs),
         }
         if rt.short_names:
             entry["shortNames"] = list(rt.short_names)
@@ -92,20 +120,44 @@ def api_resource_list(group: str, version: str) -> dict[str, Any]:
         resources.append(entry)
         for sub in rt.subresources:
             if sub == "scale":
-                resources.append({"name": f"{rt.plural}/scale", "singularName": "", "namespaced": rt.namespaced,
-                                  "group": "autoscaling", "version": "v1", "kind": "Scale",
-                                  "verbs": ["get", "patch", "update"]})
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/scale",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "group": "autoscaling",
+                        "version": "v1",
+                        "kind": "Scale",
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
             else:
-                resources.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                                  "kind": rt.kind, "verbs": ["get", "patch", "update"]})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
-            "resources": resources}
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": resources,
+    }
 
 
 def api_group(group: str) -> dict[str, Any]:
     versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in GROUPS[group]]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": versions,
-            "preferredVersion": versions[0]}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions,
+        "preferredVersion": versions[0],
+    }
 
 
 def api_group_list() -> dict[str, Any]:
@@ -128,16 +180,22 @@ LABEL_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _invalid(rt: ResourceType, name: str, field_path: str, detail: str) -> Invalid:
-    return Invalid(f'{rt.kind} "{name}" is invalid: {field_path}: {detail}',
-                   [{"reason": "FieldValueInvalid", "message": f"Invalid value: {detail}", "field": field_path}])
+    return Invalid(
+        f'{rt.kind} "{name}" is invalid: {field_path}: {detail}',
+        [{"reason": "FieldValueInvalid", "message": f"Invalid value: {detail}", "field": field_path}],
+    )
 
 
 def validate_name(rt: ResourceType, name: str) -> None:
     pattern = LABEL_NAME_RE if rt.plural in ("namespaces",) else NAME_RE
     if not name or len(name) > 253 or not pattern.match(name):
-        raise _invalid(rt, name, "metadata.name",
-                       f'"{name}": a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '
-                       "'-' or '.', and must start and end with an alphanumeric character")
+        raise _invalid(
+            rt,
+            name,
+            "metadata.name",
+            f'"{name}": a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '
+            "'-' or '.', and must start and end with an alphanumeric character",
+        )
 
 
 def _selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -172,7 +230,9 @@ def _default_pod_spec(spec: dict[str, Any]) -> None:
             container.setdefault("terminationMessagePath", "/dev/termination-log")
             container.setdefault("terminationMessagePolicy", "File")
             image = str(container.get("image", ""))
-            container.setdefault("imagePullPolicy", "Always" if image.endswith(":latest") or ":" not in image else "IfNotPresent")
+            container.setdefault(
+                "imagePullPolicy", "Always" if image.endswith(":latest") or ":" not in image else "IfNotPresent"
+            )
             container.setdefault("resources", {})
     for volume in spec.get("volumes") or []:
         if isinstance(volume, dict) and isinstance(volume.get("secret"), dict):
@@ -183,7 +243,8 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
     """What the real API server's defaulting and validation do for the fields clients rely on."""
     name = obj["metadata"].get("name", "")
     if rt.kind == "Secret":
-        obj.setdefault("type", "Opaque")
+        if not obj.get("type"):
+            obj["type"] = "Opaque"  # an empty type is defaulted too (protobuf bodies carry "")
         data = obj.get("data") or {}
         if not isinstance(data, dict):
             raise _invalid(rt, name, "data", "must be a map of key to base64 string")
@@ -203,7 +264,12 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
             obj["data"] = data
         for key in data:
             if not re.match(r"^[-._a-zA-Z0-9]+$", key):
-                raise _invalid(rt, name, f"data[{key}]", "a valid config key must consist of alphanumeric characters, '-', '_' or '.'")
+                raise _invalid(
+                    rt,
+                    name,
+                    f"data[{key}]",
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                )
     elif rt.kind == "Namespace":
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
         obj.setdefault("status", {"phase": "Active"})

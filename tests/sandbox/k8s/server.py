@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.sandbox.k8s import patch as patching
-from tests.sandbox.k8s import rbac
+from tests.sandbox.k8s import protobuf, rbac
 from tests.sandbox.k8s.resources import (
     GROUPS,
     ResourceType,
@@ -34,8 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("k8s-emulator")
 
 VERSION = {
-    "major": "1", "minor": "32", "gitVersion": "v1.32.0-xapi-sandbox", "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22.0", "compiler": "gc",
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-xapi-sandbox",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22.0",
+    "compiler": "gc",
     "platform": "linux/amd64",
 }
 # Discovery and health are open to every authenticated identity, as the system:discovery
@@ -57,7 +63,9 @@ class Route:
 class ParsedSelector:
     """A label selector in its string form: ``a=b,c!=d,e in (x,y),f notin (z),g,!h``."""
 
-    _term = re.compile(r"\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$")
+    _term = re.compile(
+        r"\s*(!?)\s*([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*)|\s+(in|notin)\s*\(([^)]*)\))?\s*$"
+    )
 
     def __init__(self, text: str) -> None:
         self.terms: list[tuple[str, str, list[str]]] = []
@@ -66,7 +74,11 @@ class ParsedSelector:
                 continue
             match = self._term.match(raw)
             if not match:
-                raise ApiError(400, "BadRequest", f"unable to parse requirement: {raw.strip()!r} is not a valid label selector term")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"unable to parse requirement: {raw.strip()!r} is not a valid label selector term",
+                )
             negate, key, op, value, set_op, set_values = match.groups()
             if negate:
                 self.terms.append(("!", key, []))
@@ -137,8 +149,11 @@ def _table_columns(rt: ResourceType) -> list[tuple[str, str]]:
 def _table_cells(rt: ResourceType, obj: dict[str, Any]) -> list[Any]:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     if rt.kind == "Deployment":
-        return [f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}", status.get("updatedReplicas", 0),
-                status.get("availableReplicas", 0)]
+        return [
+            f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+            status.get("updatedReplicas", 0),
+            status.get("availableReplicas", 0),
+        ]
     if rt.kind == "ReplicaSet":
         return [spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0)]
     if rt.kind == "Pod":
@@ -159,7 +174,9 @@ def _table_cells(rt: ResourceType, obj: dict[str, Any]) -> list[Any]:
     return []
 
 
-def to_table(rt: ResourceType, objects: list[dict[str, Any]], list_rv: str | None, include_object: str) -> dict[str, Any]:
+def to_table(
+    rt: ResourceType, objects: list[dict[str, Any]], list_rv: str | None, include_object: str
+) -> dict[str, Any]:
     columns = [("Name", "string")] + _table_columns(rt) + [("Age", "string")]
     rows = []
     for obj in objects:
@@ -169,12 +186,27 @@ def to_table(rt: ResourceType, objects: list[dict[str, Any]], list_rv: str | Non
             row_object = None
         else:
             row_object = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
-        rows.append({"cells": [obj["metadata"]["name"], *_table_cells(rt, obj), age(obj["metadata"].get("creationTimestamp"))],
-                     "object": row_object})
-    definitions = [{"name": n, "type": t, "format": "name" if n == "Name" else "", "description": n, "priority": 0}
-                   for n, t in columns]
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": list_rv or ""},
-            "columnDefinitions": definitions, "rows": rows}
+        rows.append(
+            {
+                "cells": [
+                    obj["metadata"]["name"],
+                    *_table_cells(rt, obj),
+                    age(obj["metadata"].get("creationTimestamp")),
+                ],
+                "object": row_object,
+            }
+        )
+    definitions = [
+        {"name": n, "type": t, "format": "name" if n == "Name" else "", "description": n, "priority": 0}
+        for n, t in columns
+    ]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": list_rv or ""},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }
 
 
 class App:
@@ -193,7 +225,7 @@ class App:
     def authenticate(self, header: str | None) -> rbac.User | None:
         if not header or not header.startswith("Bearer "):
             return None
-        token = header[len("Bearer "):].strip()
+        token = header[len("Bearer ") :].strip()
         if token and secrets.compare_digest(token, self.admin_token):
             return rbac.User("admin", ("system:masters", "system:authenticated"), admin=True)
         user = self.tokens.get(token)
@@ -228,22 +260,22 @@ class Handler(BaseHTTPRequestHandler):
     server: EmulatorServer
     server_version = "xapi-k8s-emulator/1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # every request is logged once, by _log_request, without headers or bodies
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch()
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._dispatch()
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -287,9 +319,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def _log_request(self, started: float) -> None:
         # Request lines, identities and content types only: bodies may hold Secret data.
-        log.info("%s %s %s ct=%s accept=%s ua=%s -> %s %.0fms", self._user_name, self.command, self.path,
-                 self.headers.get("Content-Type", "-"), self.headers.get("Accept", "-"),
-                 (self.headers.get("User-Agent") or "-").split(" ")[0], self._status, (time.monotonic() - started) * 1000)
+        log.info(
+            "%s %s %s ct=%s accept=%s ua=%s -> %s %.0fms",
+            self._user_name,
+            self.command,
+            self.path,
+            self.headers.get("Content-Type", "-"),
+            self.headers.get("Accept", "-"),
+            (self.headers.get("User-Agent") or "-").split(" ")[0],
+            self._status,
+            (time.monotonic() - started) * 1000,
+        )
 
     def _dispatch(self) -> None:
         started = time.monotonic()
@@ -306,7 +346,13 @@ class Handler(BaseHTTPRequestHandler):
             self._status = self._status or 499
         except Exception as exc:  # a bug in the emulator: answer like an apiserver would, keep serving
             log.exception("internal error on %s %s", self.command, self.path)
-            self._send_error(ApiError(500, "InternalError", f"an error on the server has prevented the request from succeeding ({type(exc).__name__})"))
+            self._send_error(
+                ApiError(
+                    500,
+                    "InternalError",
+                    f"an error on the server has prevented the request from succeeding ({type(exc).__name__})",
+                )
+            )
         finally:
             self.app.count(self._route_key, self._user_name, self._status)
             self._log_request(started)
@@ -348,16 +394,23 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "GET":
             return False
         if path == "/api":
-            body: Any = {"kind": "APIVersions", "versions": ["v1"],
-                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self._host()}]}
+            body: Any = {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self._host()}],
+            }
         elif path == "/api/v1":
             body = api_resource_list("", "v1")
         elif path == "/apis":
             body = api_group_list()
         elif path.startswith("/apis/") and path.count("/") == 2 and path.split("/")[2] in GROUPS:
             body = api_group(path.split("/")[2])
-        elif path.startswith("/apis/") and path.count("/") == 3 and path.split("/")[2] in GROUPS \
-                and path.split("/")[3] in GROUPS[path.split("/")[2]]:
+        elif (
+            path.startswith("/apis/")
+            and path.count("/") == 3
+            and path.split("/")[2] in GROUPS
+            and path.split("/")[3] in GROUPS[path.split("/")[2]]
+        ):
             body = api_resource_list(path.split("/")[2], path.split("/")[3])
         elif path == "/openapi/v2":
             # kubectl wants protobuf here and treats an empty document as "no schema",
@@ -409,8 +462,12 @@ class Handler(BaseHTTPRequestHandler):
             if route.watch_path or query.get("watch") in ("true", "1"):
                 return "watch"
             return "get" if route.name else "list"
-        return {"POST": "create", "PUT": "update", "PATCH": "patch",
-                "DELETE": "delete" if route.name else "deletecollection"}.get(self.command, self.command.lower())
+        return {
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if route.name else "deletecollection",
+        }.get(self.command, self.command.lower())
 
     def _resource(self, route: Route, query: dict[str, str], user: rbac.User) -> None:
         rt = route.rt
@@ -422,10 +479,14 @@ class Handler(BaseHTTPRequestHandler):
         attr_namespace = route.namespace or (route.name if rt.plural == "namespaces" else "")
         attrs = rbac.Attributes(verb, rt.group, rt.plural, route.subresource, attr_namespace, named)
         if not rbac.allowed(self.app.store, user, attrs):
-            raise ApiError(403, "Forbidden", rbac.forbidden_message(user, attrs),
-                           {"name": route.name, "group": rt.group, "kind": rt.plural})
+            raise ApiError(
+                403,
+                "Forbidden",
+                rbac.forbidden_message(user, attrs),
+                {"name": route.name, "group": rt.group, "kind": rt.plural},
+            )
         if verb not in rt.verbs and not (route.subresource and verb in ("get", "update", "patch")):
-            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         if rt.namespaced and not route.namespace and route.name:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         dry_run = query.get("dryRun") == "All"
@@ -438,16 +499,23 @@ class Handler(BaseHTTPRequestHandler):
             self._respond_object(200, rt, obj, query)
         elif verb == "create":
             if route.name and not route.subresource:
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+                raise ApiError(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
             body = self._json_body()
             self._check_kind(rt, body)
             if not rt.client_writable:
-                raise ApiError(405, "MethodNotAllowed", f"{rt.plural} are created by the emulator's controllers, not by clients")
+                raise ApiError(
+                    405, "MethodNotAllowed", f"{rt.plural} are created by the emulator's controllers, not by clients"
+                )
             namespace = route.namespace
             meta = body.get("metadata") or {}
             if rt.namespaced and meta.get("namespace") not in (None, "", namespace):
-                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
-                               "sent on the request")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             if rt.namespaced and not namespace:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             obj = self.app.store.create(rt, namespace, body, dry_run=dry_run)
@@ -460,8 +528,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 if not route.subresource:
                     self._check_kind(rt, body)
-                obj = self.app.store.replace(rt, route.namespace, route.name, body, subresource=route.subresource or None,
-                                             dry_run=dry_run)
+                obj = self.app.store.replace(
+                    rt, route.namespace, route.name, body, subresource=route.subresource or None, dry_run=dry_run
+                )
             self._respond_object(200, rt, obj, query)
         elif verb == "patch":
             self._writable(rt, route)
@@ -473,14 +542,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def _writable(self, rt: ResourceType, route: Route) -> None:
         if not rt.client_writable:
-            raise ApiError(405, "MethodNotAllowed", f"{rt.plural} are managed by the emulator's controllers; clients may only read them")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"{rt.plural} are managed by the emulator's controllers; clients may only read them",
+            )
 
     def _check_kind(self, rt: ResourceType, body: dict[str, Any]) -> None:
         kind, api_version = body.get("kind"), body.get("apiVersion")
         if kind not in (None, rt.kind) or api_version not in (None, rt.group_version):
-            raise ApiError(400, "BadRequest", f"the API version in the data ({api_version}) does not match the expected "
-                           f"API version ({rt.group_version})" if kind == rt.kind else
-                           f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({api_version}) does not match the expected "
+                f"API version ({rt.group_version})"
+                if kind == rt.kind
+                else f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})",
+            )
 
     def _json_body(self) -> dict[str, Any]:
         raw = self._read_body()
@@ -492,9 +570,23 @@ class Handler(BaseHTTPRequestHandler):
                 body = yaml.safe_load(raw.decode() or "{}")
             except Exception:
                 raise ApiError(400, "BadRequest", "the request body is not valid YAML") from None
+        elif content_type == "application/vnd.kubernetes.protobuf" and self.command == "POST":
+            try:
+                body = protobuf.decode(raw)
+            except (protobuf.ProtobufError, UnicodeDecodeError) as exc:
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - "
+                    f"accepted media types include: application/json, application/yaml ({exc})",
+                ) from None
         elif content_type.startswith("application/vnd.kubernetes.protobuf"):
-            raise ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted '
-                           "media types include: application/json, application/yaml")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted "
+                "media types include: application/json, application/yaml",
+            )
         else:
             try:
                 body = json.loads(raw.decode() or "{}")
@@ -509,7 +601,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(status, obj)
 
-    def _list_or_watch(self, route: Route, query: dict[str, str], watch: bool, fields: list[tuple[str, bool, str]]) -> None:
+    def _list_or_watch(
+        self, route: Route, query: dict[str, str], watch: bool, fields: list[tuple[str, bool, str]]
+    ) -> None:
         rt = route.rt
         labels = ParsedSelector(query.get("labelSelector", ""))
         if route.name:
@@ -533,8 +627,15 @@ class Handler(BaseHTTPRequestHandler):
             # Items in a list carry no kind/apiVersion on a real server.
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        self._send(200, {"kind": rt.list_kind, "apiVersion": rt.group_version, "metadata": {"resourceVersion": str(rv)},
-                         "items": items})
+        self._send(
+            200,
+            {
+                "kind": rt.list_kind,
+                "apiVersion": rt.group_version,
+                "metadata": {"resourceVersion": str(rv)},
+                "items": items,
+            },
+        )
 
     def _watch(self, rt: ResourceType, namespace: str | None, query: dict[str, str], matches: Any) -> None:
         since = query.get("resourceVersion", "")
@@ -588,16 +689,25 @@ class Handler(BaseHTTPRequestHandler):
     def _scale_of(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
-                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta},
-                "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
-                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
-                           "selector": ",".join(f"{k}={v}" for k, v in labels.items())}}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+            },
+            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+            "status": {
+                "replicas": (obj.get("status") or {}).get("replicas", 0),
+                "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
+            },
+        }
 
     def _set_scale(self, route: Route, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
         replicas = (body.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
-            raise ApiError(422, "Invalid", f'Scale "{route.name}" is invalid: spec.replicas: must be a non-negative integer')
+            raise ApiError(
+                422, "Invalid", f'Scale "{route.name}" is invalid: spec.replicas: must be a non-negative integer'
+            )
         wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
@@ -608,7 +718,9 @@ class Handler(BaseHTTPRequestHandler):
             obj["spec"]["replicas"] = replicas
             return obj
 
-        return self._scale_of(self.app.store.update_with(route.rt, route.namespace, route.name, change, dry_run=dry_run))
+        return self._scale_of(
+            self.app.store.update_with(route.rt, route.namespace, route.name, change, dry_run=dry_run)
+        )
 
     def _patch(self, route: Route, query: dict[str, str], dry_run: bool) -> None:
         rt = route.rt
@@ -634,17 +746,23 @@ class Handler(BaseHTTPRequestHandler):
         }
         applier = appliers.get(content_type)
         if applier is None:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted "
-                           f"media types include: {', '.join(appliers)}, application/apply-patch+yaml")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted "
+                f"media types include: {', '.join(appliers)}, application/apply-patch+yaml",
+            )
 
         def change(current: dict[str, Any]) -> dict[str, Any]:
             base = self._scale_of(current) if route.subresource == "scale" else current
             try:
                 patched = applier(base, document)
             except patching.PatchError as exc:
-                raise ApiError(422 if content_type == "application/json-patch+json" else 400,
-                               "Invalid" if content_type == "application/json-patch+json" else "BadRequest",
-                               str(exc)) from None
+                raise ApiError(
+                    422 if content_type == "application/json-patch+json" else 400,
+                    "Invalid" if content_type == "application/json-patch+json" else "BadRequest",
+                    str(exc),
+                ) from None
             if route.subresource == "scale":
                 replicas = (patched.get("spec") or {}).get("replicas")
                 if not isinstance(replicas, int) or replicas < 0:
@@ -665,7 +783,9 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(document, dict):
             raise ApiError(400, "BadRequest", "the apply patch must be an object")
         if not query.get("fieldManager"):
-            raise ApiError(400, "BadRequest", "PATCH requests with the apply content type must set the fieldManager parameter")
+            raise ApiError(
+                400, "BadRequest", "PATCH requests with the apply content type must set the fieldManager parameter"
+            )
         self._check_kind(rt, document)
         document.setdefault("metadata", {})["name"] = route.name
         try:
@@ -676,8 +796,13 @@ class Handler(BaseHTTPRequestHandler):
             obj = self.app.store.create(rt, route.namespace, document, dry_run=dry_run)
             self._respond_object(201, rt, obj, query)
             return
-        obj = self.app.store.update_with(rt, route.namespace, route.name,
-                                         lambda current: patching.strategic_merge_patch(current, document), dry_run=dry_run)
+        obj = self.app.store.update_with(
+            rt,
+            route.namespace,
+            route.name,
+            lambda current: patching.strategic_merge_patch(current, document),
+            dry_run=dry_run,
+        )
         self._respond_object(200, rt, obj, query)
 
     def _delete(self, route: Route, dry_run: bool) -> None:
@@ -693,13 +818,20 @@ class Handler(BaseHTTPRequestHandler):
             current = store.peek(rt, route.namespace, route.name)
             if current is None:
                 raise not_found(rt, route.name)
-            if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            if (
+                preconditions.get("resourceVersion")
+                and preconditions["resourceVersion"] != current["metadata"]["resourceVersion"]
+            ):
                 from tests.sandbox.k8s.store import conflict
 
                 raise conflict(rt, route.name)
             if preconditions.get("uid") and preconditions["uid"] != current["metadata"]["uid"]:
-                raise ApiError(409, "Conflict", f'Precondition failed: UID in precondition: {preconditions["uid"]}, '
-                               f'UID in object meta: {current["metadata"]["uid"]}')
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: UID in precondition: {preconditions['uid']}, "
+                    f"UID in object meta: {current['metadata']['uid']}",
+                )
             if dry_run:
                 self._send(200, copy.deepcopy(current) if rt.kind == "Pod" else self._success(rt, current))
                 return
@@ -714,9 +846,18 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, self._success(rt, obj))
 
     def _success(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": obj["metadata"]["name"], "group": rt.group, "kind": rt.plural,
-                            "uid": obj["metadata"]["uid"]}}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {
+                "name": obj["metadata"]["name"],
+                "group": rt.group,
+                "kind": rt.plural,
+                "uid": obj["metadata"]["uid"],
+            },
+        }
 
     def _delete_namespace_contents(self, namespace: str) -> None:
         from tests.sandbox.k8s.resources import RESOURCE_TYPES
@@ -734,10 +875,15 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         if path == "/_sandbox/state" and self.command == "GET":
-            state: dict[str, Any] = {"now": now_rfc3339(), "resourceVersion": str(self.app.store.rv),
-                                     "requests": {"total": self.app.requests_total,
-                                                  "by_route": copy.deepcopy(self.app.by_route),
-                                                  "by_user": copy.deepcopy(self.app.by_user)}}
+            state: dict[str, Any] = {
+                "now": now_rfc3339(),
+                "resourceVersion": str(self.app.store.rv),
+                "requests": {
+                    "total": self.app.requests_total,
+                    "by_route": copy.deepcopy(self.app.by_route),
+                    "by_user": copy.deepcopy(self.app.by_user),
+                },
+            }
             if controller is not None:
                 state.update(controller.state())
             self._send(200, {"data": state})
@@ -759,8 +905,9 @@ class Handler(BaseHTTPRequestHandler):
             user = body.get("user")
             groups = body.get("groups") or []
             if not isinstance(user, str) or not user or not isinstance(groups, list):
-                raise ApiError(400, "BadRequest", 'POST /_sandbox/tokens needs {"user": "<name>"} and optionally '
-                               '"groups": [..]')
+                raise ApiError(
+                    400, "BadRequest", 'POST /_sandbox/tokens needs {"user": "<name>"} and optionally "groups": [..]'
+                )
             self._send(201, {"data": {"user": user, "token": self.app.add_token(user, groups)}})
         elif path == "/_sandbox/counters/reset" and self.command == "POST":
             self.app.reset_counters()
@@ -791,4 +938,3 @@ class EmulatorServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # TLS handshake failures from clients that do not trust the CA are expected noise.
         log.debug("connection error from %s", client_address, exc_info=True)
-

@@ -35,23 +35,34 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                "message": self.message, "reason": self.reason, "code": self.code}
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details:
             body["details"] = self.details
         return body
 
 
 def not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{rt.key} "{name}" not found',
-                    {"name": name, "group": rt.group, "kind": rt.plural})
+    return ApiError(
+        404, "NotFound", f'{rt.key} "{name}" not found', {"name": name, "group": rt.group, "kind": rt.plural}
+    )
 
 
 def conflict(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(409, "Conflict",
-                    f'Operation cannot be fulfilled on {rt.key} "{name}": the object has been modified; '
-                    "please apply your changes to the latest version and try again",
-                    {"name": name, "group": rt.group, "kind": rt.plural})
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {rt.key} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        {"name": name, "group": rt.group, "kind": rt.plural},
+    )
 
 
 def invalid(rt: ResourceType, name: str, exc: Invalid) -> ApiError:
@@ -97,8 +108,9 @@ class Store:
         keys = sorted(k for k in table if namespace is None or k[0] == namespace)
         return [table[k] for k in keys]
 
-    def list(self, rt: ResourceType, namespace: str | None,
-             predicate: Callable[[dict[str, Any]], bool] = lambda _o: True) -> tuple[list[dict[str, Any]], int]:
+    def list(
+        self, rt: ResourceType, namespace: str | None, predicate: Callable[[dict[str, Any]], bool] = lambda _o: True
+    ) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
             return [copy.deepcopy(o) for o in self.items(rt, namespace) if predicate(o)], self.rv
 
@@ -123,11 +135,16 @@ class Store:
             assert ns_rt is not None
             ns = self.table(ns_rt).get(("", namespace))
             if ns is None:
-                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                               {"name": namespace, "kind": "namespaces"})
+                raise ApiError(
+                    404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+                )
             if ns["metadata"].get("deletionTimestamp"):
-                raise ApiError(403, "Forbidden", f'{rt.key} "" is forbidden: unable to create new content in '
-                               f"namespace {namespace} because it is being terminated")
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'{rt.key} "" is forbidden: unable to create new content in '
+                    f"namespace {namespace} because it is being terminated",
+                )
 
     def create(self, rt: ResourceType, namespace: str, obj: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         with self.lock:
@@ -139,10 +156,21 @@ class Store:
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             name = meta.get("name") or ""
             if not name:
-                raise ApiError(422, "Invalid", f"{rt.kind} \"\" is invalid: metadata.name: Required value: "
-                               "name or generateName is required",
-                               {"kind": rt.kind, "causes": [{"reason": "FieldValueRequired", "field": "metadata.name",
-                                                            "message": "Required value: name or generateName is required"}]})
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{rt.kind} "" is invalid: metadata.name: Required value: name or generateName is required',
+                    {
+                        "kind": rt.kind,
+                        "causes": [
+                            {
+                                "reason": "FieldValueRequired",
+                                "field": "metadata.name",
+                                "message": "Required value: name or generateName is required",
+                            }
+                        ],
+                    },
+                )
             try:
                 validate_name(rt, name)
                 apply_defaults_and_validate(rt, obj)
@@ -151,8 +179,12 @@ class Store:
             self._check_namespace(rt, namespace)
             table = self.table(rt)
             if (namespace, name) in table:
-                raise ApiError(409, "AlreadyExists", f'{rt.key} "{name}" already exists',
-                               {"name": name, "group": rt.group, "kind": rt.plural})
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{rt.key} "{name}" already exists',
+                    {"name": name, "group": rt.group, "kind": rt.plural},
+                )
             obj["apiVersion"], obj["kind"] = rt.group_version, rt.kind
             if rt.namespaced:
                 meta["namespace"] = namespace
@@ -174,8 +206,17 @@ class Store:
             self._emit(rt, namespace, "ADDED", obj)
             return copy.deepcopy(obj)
 
-    def replace(self, rt: ResourceType, namespace: str, name: str, obj: dict[str, Any], *,
-                subresource: str | None = None, check_rv: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        obj: dict[str, Any],
+        *,
+        subresource: str | None = None,
+        check_rv: bool = True,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """PUT semantics: the whole object (or its status) replaced; 409 on a stale resourceVersion."""
         with self.lock:
             current = self.table(rt).get((namespace, name))
@@ -186,8 +227,11 @@ class Store:
             if not isinstance(meta, dict):
                 obj["metadata"] = meta = {}
             if meta.get("name") not in (None, name):
-                raise ApiError(400, "BadRequest", f"the name of the object ({meta.get('name')}) does not match the name "
-                               f"on the URL ({name})")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})",
+                )
             wanted_rv = meta.get("resourceVersion")
             if check_rv and wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
                 raise conflict(rt, name)
@@ -197,7 +241,13 @@ class Store:
             else:
                 new = obj
                 meta["name"] = name
-                for kept in ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds"):
+                for kept in (
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                ):
                     if kept in current["metadata"]:
                         meta[kept] = current["metadata"][kept]
                     else:
@@ -212,8 +262,15 @@ class Store:
                     raise invalid(rt, name, exc) from None
             return self._commit(rt, namespace, name, current, new, dry_run)
 
-    def _commit(self, rt: ResourceType, namespace: str, name: str, current: dict[str, Any],
-                new: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    def _commit(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        current: dict[str, Any],
+        new: dict[str, Any],
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         new["apiVersion"], new["kind"] = rt.group_version, rt.kind
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if new == current:
@@ -223,7 +280,8 @@ class Store:
             # Deployments copy their annotations to ReplicaSets, so annotations count too.
             if rt.kind == "Deployment":
                 spec_changed = spec_changed or (new["metadata"].get("annotations") or {}) != (
-                    current["metadata"].get("annotations") or {})
+                    current["metadata"].get("annotations") or {}
+                )
             new["metadata"]["generation"] = current["metadata"].get("generation", 1) + (1 if spec_changed else 0)
         if dry_run:
             return new
@@ -233,9 +291,17 @@ class Store:
         self._emit(rt, namespace, "MODIFIED", new)
         return copy.deepcopy(new)
 
-    def update_with(self, rt: ResourceType, namespace: str, name: str,
-                    change: Callable[[dict[str, Any]], dict[str, Any]], *, subresource: str | None = None,
-                    validate: bool = True, dry_run: bool = False) -> dict[str, Any]:
+    def update_with(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        subresource: str | None = None,
+        validate: bool = True,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """Read-modify-write under the lock (patches and controller writes)."""
         with self.lock:
             current = self.table(rt).get((namespace, name))
@@ -243,11 +309,13 @@ class Store:
                 raise not_found(rt, name)
             new = change(copy.deepcopy(current))
             if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
-                raise ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: the patched object is not a '
-                               "Kubernetes object")
+                raise ApiError(
+                    422, "Invalid", f'{rt.kind} "{name}" is invalid: the patched object is not a Kubernetes object'
+                )
             if new["metadata"].get("name") != name:
-                raise ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: metadata.name: Invalid value: '
-                               "field is immutable")
+                raise ApiError(
+                    422, "Invalid", f'{rt.kind} "{name}" is invalid: metadata.name: Invalid value: field is immutable'
+                )
             wanted_rv = new["metadata"].get("resourceVersion")
             if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
                 raise conflict(rt, name)
@@ -279,8 +347,14 @@ class Store:
 
     # -- watching --------------------------------------------------------------------------
 
-    def watch(self, rt: ResourceType, namespace: str | None, since_rv: int | None,
-              stop_at: float, matches: Callable[[dict[str, Any]], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def watch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        since_rv: int | None,
+        stop_at: float,
+        matches: Callable[[dict[str, Any]], bool],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (type, object) for events after ``since_rv``; an ERROR event when that is too old.
 
         ``since_rv`` None means: current state as ADDED events, then changes.
@@ -317,7 +391,7 @@ class Store:
                     if not self.changed.wait(timeout=min(remaining, 2.0)):
                         break
                 if position >= self.events_base:
-                    batch = self.events[position - self.events_base:]
+                    batch = self.events[position - self.events_base :]
                     position = self.events_base + len(self.events)
                 else:
                     expired = ApiError(410, "Expired", "too old resource version").status()

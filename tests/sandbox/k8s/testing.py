@@ -54,8 +54,15 @@ class Kube:
 
     # -- raw API -------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                token: str | None = None, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        token: str | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token if token is None else token}", "Accept": "application/json"}
         headers.update(kwargs.pop("headers", {}))
         data = None
@@ -94,20 +101,37 @@ class Kube:
 
     def namespace(self, prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        response = self.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                              "metadata": {"name": name}})
+        response = self.request(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
         assert response.status_code == 201, response.text
         self.created_namespaces.append(name)
         return name
 
-    def seed(self, namespace: str, name: str = "payments-api", replicas: int = 3, strategy: str = "restart",
-             annotations: dict[str, str] | None = None, wait: bool = True, **kwargs: Any) -> dict[str, Any]:
+    def seed(
+        self,
+        namespace: str,
+        name: str = "payments-api",
+        replicas: int = 3,
+        strategy: str = "restart",
+        annotations: dict[str, str] | None = None,
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         self.emulator("its pods run the simulated workload")
         service = seed_service(
-            platform_url=self.sandbox.url, admin_token=self.sandbox.admin_token, kubeconfig=self.kubeconfig,
-            namespace=namespace, name=name, replicas=replicas, strategy=strategy,
-            platform_ca=self.sandbox.ca_path, template_annotations={**FAST, **(annotations or {})},
-            system_user_name=f"{namespace}-{name}", **kwargs)
+            platform_url=self.sandbox.url,
+            admin_token=self.sandbox.admin_token,
+            kubeconfig=self.kubeconfig,
+            namespace=namespace,
+            name=name,
+            replicas=replicas,
+            strategy=strategy,
+            platform_ca=self.sandbox.ca_path,
+            template_annotations={**FAST, **(annotations or {})},
+            system_user_name=f"{namespace}-{name}",
+            **kwargs,
+        )
         if wait:
             self.wait_for(lambda: rollout_complete(self.deployment(namespace, name)), 30, "the seeded rollout")
         return service
@@ -130,12 +154,12 @@ class Kube:
 
     # -- kubectl -------------------------------------------------------------------------
 
-    def kubectl(self, version: str, *args: str, input: str | None = None, timeout: float = 120,
-                check: bool = True) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, version: str, *args: str, input: str | None = None, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess:
         binary = kubectl_binary(version)
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "HOME": os.environ.get("HOME", "/tmp")}
-        result = subprocess.run([binary, *args], input=input, capture_output=True, text=True, env=env,
-                                timeout=timeout)
+        result = subprocess.run([binary, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout)
         if check:
             assert result.returncode == 0, f"kubectl {' '.join(args)} -> {result.returncode}: {result.stderr.strip()}"
         return result
@@ -144,8 +168,11 @@ class Kube:
 def kubectl_binary(version: str) -> str:
     if version == "1.20":
         if not KUBECTL_120.exists():
-            pytest.fail(f"kubectl 1.20 is not at {KUBECTL_120}: run `bash hack/get-kubectl-1.20.sh` first "
-                        "(the Makefile's test target does).", pytrace=False)
+            pytest.fail(
+                f"kubectl 1.20 is not at {KUBECTL_120}: run `bash hack/get-kubectl-1.20.sh` first "
+                "(the Makefile's test target does).",
+                pytrace=False,
+            )
         return str(KUBECTL_120)
     found = shutil.which("kubectl")
     if found is None:
@@ -157,9 +184,12 @@ def rollout_complete(deployment: dict[str, Any]) -> bool:
     """The rules `kubectl rollout status` applies to a Deployment."""
     spec, status = deployment["spec"], deployment.get("status") or {}
     wanted = spec.get("replicas", 1)
-    return (status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
-            and status.get("updatedReplicas", 0) == wanted and status.get("replicas", 0) == wanted
-            and status.get("availableReplicas", 0) == wanted)
+    return (
+        status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("replicas", 0) == wanted
+        and status.get("availableReplicas", 0) == wanted
+    )
 
 
 def condition(deployment: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -168,8 +198,13 @@ def condition(deployment: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def restart_patch(value: str | None = None) -> dict[str, Any]:
     """What `kubectl rollout restart` sends: a pod-template annotation with a fresh value."""
-    return {"spec": {"template": {"metadata": {"annotations": {
-        "kubectl.kubernetes.io/restartedAt": value or f"{time.time():.6f}"}}}}}
+    return {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": value or f"{time.time():.6f}"}}
+            }
+        }
+    }
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,9 @@ TENANTS_PATH = "/api/v1/tenants"
 
 
 class Workload:
-    def __init__(self, controller: Controller, platform_url: str, platform_ca: str | None = None,
-                 workers: int = 8) -> None:
+    def __init__(
+        self, controller: Controller, platform_url: str, platform_ca: str | None = None, workers: int = 8
+    ) -> None:
         self.controller = controller
         parts = urlsplit(platform_url)
         self.https = parts.scheme == "https"
@@ -78,8 +79,11 @@ class Workload:
             for attempt in (1, 2):
                 conn = self._connection()
                 try:
-                    conn.request("GET", self.base_path + TENANTS_PATH,
-                                 headers={"Authorization": f"Bearer {token}", "User-Agent": f"sandbox-pod/{pod.name}"})
+                    conn.request(
+                        "GET",
+                        self.base_path + TENANTS_PATH,
+                        headers={"Authorization": f"Bearer {token}", "User-Agent": f"sandbox-pod/{pod.name}"},
+                    )
                     response = conn.getresponse()
                     response.read()
                     outcome = str(response.status)
