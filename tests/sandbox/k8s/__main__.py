@@ -20,7 +20,7 @@ from tests.sandbox._tls import ensure_certificates, server_context
 from tests.sandbox.k8s.controller import Config, Controller
 from tests.sandbox.k8s.rbac import User
 from tests.sandbox.k8s.resources import lookup
-from tests.sandbox.k8s.server import App, EmulatorServer
+from tests.sandbox.k8s.server import SYSTEM_NAMESPACES, App, EmulatorServer
 from tests.sandbox.k8s.store import Store
 from tests.sandbox.k8s.workload import Workload
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store()
     namespaces = lookup("", "v1", "namespaces")
     assert namespaces is not None
-    for name in ("default", "kube-system", "kube-public"):
+    for name in SYSTEM_NAMESPACES:
         store.create(namespaces, "", {"metadata": {"name": name}})
     config = Config(**{key: getattr(args, key) for key in Config().as_dict()})
     controller = Controller(store, config)

@@ -160,6 +160,7 @@ class Controller:
     def __init__(self, store: Store, config: Config | None = None) -> None:
         self.store = store
         self.config = config or Config()
+        self.initial_config = Config(**self.config.as_dict())
         self.faults: list[dict[str, Any]] = []
         self.pods: dict[str, PodRuntime] = {}  # by pod uid
         self.pods_lock = threading.Lock()
@@ -218,6 +219,16 @@ class Controller:
     def faults_list(self) -> list[dict[str, Any]]:
         with self.store.lock:
             return copy.deepcopy(self.faults)
+
+    def reset(self) -> None:
+        """Forget pods, faults and timing changes; the caller has emptied the store (holds store.lock)."""
+        self.faults.clear()
+        self.config = Config(**self.initial_config.as_dict())
+        with self.pods_lock:
+            self.pods.clear()
+            self.finished_requests.clear()
+        self.progress.clear()
+        self.hashes.clear()
 
     def reset_counters(self) -> None:
         with self.pods_lock:

@@ -49,6 +49,7 @@ VERSION = {
 PUBLIC_PATHS = ("/version", "/healthz", "/livez", "/readyz")
 DISCOVERY_PREFIXES = ("/api", "/apis", "/openapi", "/version")
 WATCH_MAX_SECONDS = 1800
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public")
 
 
 @dataclass
@@ -215,7 +216,8 @@ class App:
     def __init__(self, store: Store, admin_token: str, static_tokens: dict[str, rbac.User] | None = None) -> None:
         self.store = store
         self.admin_token = admin_token
-        self.tokens: dict[str, rbac.User] = dict(static_tokens or {})
+        self.static_tokens: dict[str, rbac.User] = dict(static_tokens or {})
+        self.tokens: dict[str, rbac.User] = dict(self.static_tokens)
         self.controller: Controller | None = None
         self.counter_lock = threading.Lock()
         self.requests_total = 0
@@ -909,6 +911,9 @@ class Handler(BaseHTTPRequestHandler):
                     400, "BadRequest", 'POST /_sandbox/tokens needs {"user": "<name>"} and optionally "groups": [..]'
                 )
             self._send(201, {"data": {"user": user, "token": self.app.add_token(user, groups)}})
+        elif path == "/_sandbox/reset" and self.command == "POST":
+            self._reset_world()
+            self._send(200, {"data": {}})
         elif path == "/_sandbox/counters/reset" and self.command == "POST":
             self.app.reset_counters()
             if controller is not None:
@@ -916,6 +921,23 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"data": {}})
         else:
             raise ApiError(404, "NotFound", f"no sandbox control {self.command} {path}")
+
+    def _reset_world(self) -> None:
+        """Back to a fresh start: only the system namespaces, no faults, initial timings, no extra tokens."""
+        from tests.sandbox.k8s.resources import RESOURCE_TYPES
+
+        store = self.app.store
+        with store.lock:
+            for rt in RESOURCE_TYPES:
+                for obj in list(store.items(rt)):
+                    meta = obj["metadata"]
+                    if rt.plural == "namespaces" and meta["name"] in SYSTEM_NAMESPACES:
+                        continue
+                    store.delete(rt, meta.get("namespace", ""), meta["name"])
+            if self.app.controller is not None:
+                self.app.controller.reset()
+        self.app.tokens = dict(self.app.static_tokens)
+        self.app.reset_counters()
 
 
 class EmulatorServer(ThreadingHTTPServer):
