@@ -174,6 +174,11 @@ token_fingerprint:
   returned: when the system user was created (not in check mode)
   type: str
   sample: 3fa1c09e
+msg:
+  description: What the module did, in one sentence, without the token.
+  returned: always
+  type: str
+  sample: created system user billing-service-20261203 (su_4f9c2a7d1e3b5a6c8d0e2f41), token fingerprint 3fa1c09e
 orphaned_ids:
   description:
     - Ids of users the platform created while the answer was lost, and that the module deactivated
@@ -213,7 +218,8 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
     existing = client.find_active(name)
     if existing is not None:
         user = describe_user(existing, client.now())
-        result: dict = {"changed": False, "system_user": user}
+        result: dict = {"changed": False, "system_user": user,
+                        "msg": f"system user {name} ({user.get('id')}) already exists and is active"}
         if user["expired"]:
             result["warnings"] = [f"system user {name} ({user['id']}) is active but its token has expired; rotate it."]
         if diff:
@@ -233,7 +239,8 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
             "deactivated_at": None,
             "last_used_at": None,
         }
-        result = {"changed": True, "system_user": describe_user(planned, now)}
+        result = {"changed": True, "system_user": describe_user(planned, now),
+                  "msg": f"system user {name} would be created"}
     else:
         created, token = client.create_user(name, description, params["expires_in_days"])
         result = {
@@ -241,6 +248,7 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
             "system_user": describe_user(created, client.now()),
             "token": token,
             "token_fingerprint": fingerprint(token),
+            "msg": f"created system user {name} ({created.get('id')}), token fingerprint {fingerprint(token)}",
         }
     if diff:
         result["diff"] = {"before": {}, "after": _diff_view(result["system_user"])}

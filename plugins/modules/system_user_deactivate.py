@@ -81,6 +81,11 @@ system_user:
     last_used_at: "2026-11-28T02:05:10Z"
     days_remaining: 4
     expired: false
+msg:
+  description: What the module did, in one sentence.
+  returned: always
+  type: str
+  sample: system user su_0a1b2c3d4e5f60718293a4b5 was deactivated
 diff:
   description: The active flag before and after.
   returned: success
@@ -120,8 +125,13 @@ def ensure_inactive(client: XapiClient, params: dict, check_mode: bool) -> dict:
         after = dict(current, active=False)
     else:
         after = client.deactivate_user(user_id)
+    if not was_active:
+        msg = f"system user {user_id} is already inactive"
+    else:
+        msg = f"system user {user_id} {'would be' if check_mode else 'was'} deactivated"
     return {
         "changed": was_active,
+        "msg": msg,
         "system_user": describe_user(after, client.now()),
         "diff": {"before": {"active": was_active}, "after": {"active": bool(after.get("active"))}},
     }

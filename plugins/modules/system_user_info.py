@@ -181,7 +181,6 @@ access_verified:
 """
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     XapiClient,
@@ -209,6 +208,9 @@ def by_ids(client: XapiClient, ids: list[str]) -> dict:
     if workers == 1:
         found = [client.get_user(wanted[0])]
     else:
+        # Imported here: a single lookup, the common case, should not pay for it.
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # map() keeps the order of the ids; the first failure is raised here, once.
             found = list(pool.map(client.get_user, wanted))

@@ -23,6 +23,8 @@ def test_system_user_creates_and_returns_the_token_once(api: Any, run_module: An
     assert user["days_remaining"] in (29, 30) and user["expired"] is False
     assert "token" not in user
     assert run.result["token_fingerprint"] == hashlib.sha256(token.encode()).hexdigest()[:8]
+    assert run.result["msg"] == (f"created system user billing ({user['id']}), token fingerprint "
+                                 f"{run.result['token_fingerprint']}")
     assert api.api("GET", f"{USERS}/token-info", token=token).json()["data"]["id"] == user["id"]
     assert [u["id"] for u in users_of(api, "billing")] == [user["id"]]
 
@@ -212,6 +214,8 @@ def test_deactivate_then_again_is_no_change(api: Any, run_module: Any) -> None:
     second = run_module("system_user_deactivate", {"id": user_id}, diff=True)
     assert second.result["changed"] is False
     assert second.result["diff"] == {"before": {"active": False}, "after": {"active": False}}
+    assert first.result["msg"] == f"system user {user_id} was deactivated"
+    assert second.result["msg"] == f"system user {user_id} is already inactive"
     assert route_counts(api, "POST /api/v1/system-users/{id}/deactivate") == {"200": 1}
 
 
