@@ -258,3 +258,21 @@ def test_never_ready_pods_stall_the_rollout_and_reverting_the_template_recovers(
         assert "401" not in _calls(sandbox, old_id)
     finally:
         kube.control("DELETE", "/_sandbox/faults")
+
+
+def test_recreate_strategy_never_runs_old_and_new_pods_together(kube, sandbox):  # noqa: F811
+    namespace = kube.namespace("rollout-recreate")
+    service = kube.seed(namespace, replicas=2, deployment_spec={"strategy": {"type": "Recreate"}})
+    new_id, new_token, new_fp = _new_credential(sandbox, f"{namespace}-v2")
+    _store_in_secret(kube, namespace, service["secret"], new_id, new_token)
+    _restart(kube, namespace, service["deployment"])
+    mixed = []
+
+    def settled() -> bool:
+        held = {p["token_fingerprint"] for p in kube.pods_state(namespace, "payments-api")}
+        if len(held) > 1:
+            mixed.append(held)
+        return _settled(kube, namespace, "payments-api", new_fp)
+
+    kube.wait_for(settled, 20, "the Recreate rollout")
+    assert not mixed, "Recreate must stop every old pod (grace period included) before starting new ones"
