@@ -1,0 +1,116 @@
+"""Every task of the collection that creates a credential hides its result.
+
+system_user returns the new token, and a module cannot hide its own result from Ansible's
+output: only the calling task's ``no_log: true`` can. This walks every task file, playbook and
+documented example the collection ships and fails on a system_user task that could print a token.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.helpers import REPO
+
+CREATING_MODULES = {"xapi.system_auth.system_user", "system_user"}
+SEARCHED = ["roles", "playbooks", "extensions", "docs", "benchmarks", "hack"]
+BLOCK_KEYS = ("block", "rescue", "always")
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loading that accepts Ansible's tags (!vault, !unsafe) as plain values."""
+
+
+_Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _yaml_files() -> Iterator[Path]:
+    for top in SEARCHED:
+        base = REPO / top
+        if base.is_dir():
+            for path in sorted(base.rglob("*.y*ml")):
+                if not any(part.startswith(".") for part in path.relative_to(REPO).parts):
+                    yield path
+
+
+def _module_examples() -> Iterator[tuple[str, str]]:
+    for path in sorted((REPO / "plugins" / "modules").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXAMPLES" for t in node.targets):
+                yield f"{path.relative_to(REPO)} EXAMPLES", ast.literal_eval(node.value)
+
+
+def _tasks(node: Any, inherited_no_log: bool = False) -> Iterator[tuple[dict[str, Any], bool]]:
+    """(task, effective no_log) for every task under a play, a task list or a block."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _tasks(item, inherited_no_log)
+        return
+    if not isinstance(node, dict):
+        return
+    no_log = node.get("no_log", inherited_no_log) is True or inherited_no_log
+    if "hosts" in node:  # a play
+        for key in ("pre_tasks", "tasks", "post_tasks", "handlers"):
+            yield from _tasks(node.get(key) or [], no_log)
+        return
+    if any(key in node for key in BLOCK_KEYS):
+        for key in BLOCK_KEYS:
+            yield from _tasks(node.get(key) or [], no_log)
+        return
+    yield node, no_log
+
+
+def _offenders(document: Any) -> list[str]:
+    found = []
+    for task, no_log in _tasks(document):
+        if CREATING_MODULES & set(task) and not no_log:
+            found.append(task.get("name", "(unnamed task)"))
+    return found
+
+
+def _sources() -> list[tuple[str, str]]:
+    sources = [(str(path.relative_to(REPO)), path.read_text()) for path in _yaml_files()]
+    return sources + list(_module_examples())
+
+
+def test_the_guard_sees_tasks_and_catches_a_missing_no_log() -> None:
+    bad = yaml.load("""
+- hosts: localhost
+  tasks:
+    - block:
+        - name: leaks
+          xapi.system_auth.system_user: {name: x}
+    - name: hidden
+      xapi.system_auth.system_user: {name: y}
+      no_log: true
+    - block:
+        - name: hidden by its block
+          xapi.system_auth.system_user: {name: z}
+      no_log: true
+""", Loader=_Loader)
+    assert _offenders(bad) == ["leaks"]
+
+
+def test_the_guard_finds_the_creating_tasks_it_must_check() -> None:
+    creating = [
+        where
+        for where, text in _sources()
+        for document in yaml.load_all(text, Loader=_Loader)
+        for task, _no_log in _tasks(document)
+        if CREATING_MODULES & set(task)
+    ]
+    assert creating.count("plugins/modules/system_user.py EXAMPLES") == 2
+    assert any(where.startswith("roles/") for where in creating), "the rotation role creates credentials"
+
+
+@pytest.mark.parametrize("source", _sources(), ids=lambda s: s[0])
+def test_every_system_user_task_has_no_log(source: tuple[str, str]) -> None:
+    where, text = source
+    documents = list(yaml.load_all(text, Loader=_Loader))
+    offenders = [name for document in documents for name in _offenders(document)]
+    assert not offenders, f"{where}: system_user tasks without no_log: true: {offenders}"
