@@ -57,6 +57,7 @@ BACKOFF_MAX = 30.0
 # not hang for hours on a misconfigured proxy.
 RETRY_AFTER_MAX = 60
 LIST_PAGE_SIZE = 100
+MAX_PAGES = 1000  # 100,000 users: beyond that, a paging bug on the server rather than a real list
 CLOCK_SLACK_SECONDS = 2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 EXPIRES_IN_DAYS_RANGE = (1, 365)
@@ -526,6 +527,11 @@ class XapiClient:
             detail = f": {message}" if message else ""
             return XapiError(f"the platform API at {self.host} answered HTTP {status} to {route}{tried}{detail}; "
                              "try again later or check the platform's health.", status=status, code=code)
+        if 300 <= status < 400:
+            target = _display_url(response.headers.get("Location") or "").split("?", 1)[0] or "elsewhere"
+            return XapiError(f"the platform API at {self.host} redirects {route} to {target} (HTTP {status}): put the "
+                             "URL the platform really serves in api_url, for example with https://.",
+                             status=status, code=code)
         detail = f": {message}" if message else ""
         return XapiError(f"the platform API at {self.host} answered HTTP {status} to {route}{detail}.",
                          status=status, code=code)
@@ -561,12 +567,12 @@ class XapiClient:
             batch = self._decode(response, list)
             users.extend(u for u in batch if isinstance(u, dict))
             try:
-                body = response.json()
-                total_pages = int(body.get("meta", {}).get("total_pages", page))
-            except (ValueError, TypeError, AttributeError):
-                total_pages = page
-            # A short page also ends the walk, in case a platform omits meta.
-            if page >= total_pages or not batch:
+                total_pages: int | None = int(response.json()["meta"]["total_pages"])
+            except (ValueError, TypeError, KeyError):
+                total_pages = None
+            # Without meta, a short page is the last one.
+            last = page >= total_pages if total_pages is not None else len(batch) < LIST_PAGE_SIZE
+            if last or not batch or page >= MAX_PAGES:
                 return users
             page += 1
 

@@ -107,6 +107,61 @@ def test_requests_carry_bearer_token_and_collection_user_agent() -> None:
     assert headers["user-agent"] == USER_AGENT == "xapi.system_auth/0.1.0 (+ansible)"
 
 
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers from a script, for shapes the sandbox never produces (redirects, lists without meta)."""
+
+    script: list[tuple[int, dict[str, str], bytes]] = []
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        status, headers, body = type(self).script.pop(0)
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve_script(script: list[tuple[int, dict[str, str], bytes]]) -> tuple[ThreadingHTTPServer, str]:
+    _Scripted.script = list(script)
+    _Scripted.paths = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_redirect_is_not_followed_and_says_where_it_points() -> None:
+    server, url = _serve_script([(301, {"Location": "https://platform.example.com/api/v1/system-users?x=1"}, b"")])
+    try:
+        err = error_of(lambda: XapiClient(url, "xadm_t").list_users())
+    finally:
+        server.shutdown()
+    assert err.msg == (f"the platform API at {url[7:]} redirects GET /api/v1/system-users to "
+                       "https://platform.example.com/api/v1/system-users (HTTP 301): put the URL the platform "
+                       "really serves in api_url, for example with https://.")
+
+
+def test_a_list_without_meta_ends_at_the_first_short_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_api, "LIST_PAGE_SIZE", 2)
+    page = [{"id": "su_a", "name": "a"}, {"id": "su_b", "name": "b"}]
+    json_type = {"Content-Type": "application/json"}
+    server, url = _serve_script([
+        (200, json_type, json.dumps({"data": page}).encode()),
+        (200, json_type, json.dumps({"data": page[:1]}).encode()),
+    ])
+    try:
+        users = XapiClient(url, "xadm_t").list_users()
+    finally:
+        server.shutdown()
+    assert [u["id"] for u in users] == ["su_a", "su_b", "su_a"]
+    assert [p.split("page=")[1].split("&")[0] for p in _Scripted.paths] == ["1", "2"]
+
+
 # -- retries of idempotent requests -----------------------------------------------------------
 
 
