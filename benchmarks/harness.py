@@ -97,19 +97,31 @@ class Sandbox:
 
     def counters(self) -> dict[str, Any]:
         """Requests both sandboxes counted since the last reset, without the harness's own."""
-        # The emulator first: its workload (the pods) keeps calling the platform meanwhile, so
-        # reading it last would undercount the pods' share of GET /api/v1/tenants.
-        k8s_state = self.k8s("GET", "/_sandbox/state")
-        platform_state = self.platform("GET", "/_sandbox/state")
+        # The pods keep calling the platform while the two states are read: read the emulator's
+        # workload count on both sides of the platform's and retry until it did not move, so the
+        # pods' share of GET /api/v1/tenants is known exactly.
+        for _ in range(50):
+            k8s_state = self.k8s("GET", "/_sandbox/state")
+            platform_state = self.platform("GET", "/_sandbox/state")
+            if _workload_calls(self.k8s("GET", "/_sandbox/state")) == _workload_calls(k8s_state):
+                break
+            time.sleep(0.01)
+        else:
+            raise BenchError("the pods never paused long enough to count the requests consistently")
         k8s_routes = {route: sum(codes.values()) for route, codes in k8s_state["requests"]["by_route"].items()
                       if not route.startswith("sandbox ")}
-        workload = sum(count for outcome, count in k8s_state.get("workload", {}).get("requests", {}).items()
-                       if outcome != "error")
+        workload = _workload_calls(k8s_state)
         by_route = {route: sum(codes.values()) for route, codes in platform_state["requests"]["by_route"].items()}
         by_user = {user: sum(codes.values()) for user, codes in platform_state["requests"]["by_user"].items()}
         return {"platform_by_route": by_route, "platform_admin": by_user.get("admin", 0),
                 "platform_total": platform_state["requests"]["total"], "workload_calls": workload,
                 "k8s_by_route": k8s_routes, "k8s_total": sum(k8s_routes.values())}
+
+
+def _workload_calls(k8s_state: dict[str, Any]) -> int:
+    """Calls the emulator's pods made to the platform (answered, whatever the status)."""
+    return sum(count for outcome, count in k8s_state.get("workload", {}).get("requests", {}).items()
+               if outcome != "error")
 
 
 # -- services --------------------------------------------------------------------------------

@@ -54,6 +54,28 @@ def per_rotation(run: dict[str, Any]) -> dict[str, Any]:
             "platform_total": sum(contender_routes.values()), "k8s": c["k8s_by_route"], "k8s_total": c["k8s_total"]}
 
 
+def task_profile(records: list[dict[str, Any]], top: int = 12) -> dict[str, Any]:
+    """Where a collection run's time went, from the bench_task_timing callback's records."""
+    hosts = {r["host"] for r in records} or {""}
+    by_task: dict[str, dict[str, Any]] = {}
+    for r in records:
+        entry = by_task.setdefault(r["task"], {"task": r["task"], "action": r["action"], "runs": 0, "skipped": 0,
+                                               "host_seconds": 0.0})
+        entry["runs"] += 1
+        entry["skipped"] += r["status"] == "skipped"
+        entry["host_seconds"] += r["seconds"]
+    ranked = sorted(by_task.values(), key=lambda e: -e["host_seconds"])
+    by_action: dict[str, float] = {}
+    for r in records:
+        by_action[r["action"]] = by_action.get(r["action"], 0.0) + r["seconds"]
+    return {"hosts": len(hosts), "task_results": len(records),
+            "executed_per_host": sum(r["status"] != "skipped" for r in records) / len(hosts),
+            "skipped_per_host": sum(r["status"] == "skipped" for r in records) / len(hosts),
+            "host_seconds": sum(r["seconds"] for r in records),
+            "top_tasks": [{**e, "host_seconds": round(e["host_seconds"], 2)} for e in ranked[:top]],
+            "by_action": {a: round(s, 2) for a, s in sorted(by_action.items(), key=lambda kv: -kv[1])}}
+
+
 def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict[str, Any]:
     return {"target": name, "measured": measured, "met": met, "note": note}
 
@@ -105,8 +127,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                                "n/a" if met is None else f"{coll['median']:.1f} s vs {shell['median']:.1f} s "
                                f"({coll['median'] / max(shell['median'], 1e-9):.1f}x)", met))
 
-    if "requests" in scenarios:
-        runs = _runs(results, "requests", COLLECTION)
+    if "single" in scenarios:
+        runs = _runs(results, "single", COLLECTION)
         if runs:
             counts = [per_rotation(r) for r in runs]
             ok = all(c["creates"] == 1 and c["deactivations"] == 1 and c["verifications"] <= 2 for c in counts)
@@ -152,16 +174,23 @@ def _table(results: dict[str, Any], scenario: str, rows: list[tuple[str, str, st
 
 
 def _counts(results: dict[str, Any], scenario: str) -> list[str]:
-    for who in (SHELL, COLLECTION):
-        if not _runs(results, scenario, who):
+    per = {who: [per_rotation(r) for r in _runs(results, scenario, who)] for who in (SHELL, COLLECTION)}
+    for who, counted in per.items():
+        if not counted:
             return [f"(no successful {who} run to count)"]
-    shell = per_rotation(_runs(results, scenario, SHELL)[0])
-    coll = per_rotation(_runs(results, scenario, COLLECTION)[0])
+
+    def cell(who: str, key: str, route: str | None) -> str:
+        values = [c[key + "_total"] if route is None else c[key].get(route, 0) for c in per[who]]
+        low, high = min(values), max(values)
+        text = str(low) if low == high else f"{low}-{high}"
+        return f"**{text}**" if route is None else text
+
     lines = ["| API | request | shell | collection |", "| --- | --- | --- | --- |"]
     for api, key in (("platform", "platform"), ("Kubernetes", "k8s")):
-        for route in sorted(set(shell[key]) | set(coll[key])):
-            lines.append(f"| {api} | `{route}` | {shell[key].get(route, 0)} | {coll[key].get(route, 0)} |")
-        lines.append(f"| {api} | **total** | **{shell[key + '_total']}** | **{coll[key + '_total']}** |")
+        routes = sorted({route for counted in per.values() for c in counted for route in c[key]})
+        for route in routes:
+            lines.append(f"| {api} | `{route}` | {cell(SHELL, key, route)} | {cell(COLLECTION, key, route)} |")
+        lines.append(f"| {api} | **total** | {cell(SHELL, key, None)} | {cell(COLLECTION, key, None)} |")
     return lines
 
 
@@ -171,6 +200,31 @@ TIME_ROWS = [("wall time", "wall_s", "s", 1), ("rollout (observed)", "rollout_s"
              ("peak memory, summed RSS", "peak_rss_mib", "MiB", 0),
              ("peak memory, summed PSS", "peak_pss_mib", "MiB", 0),
              ("peak processes", "peak_processes", "", 0)]
+
+
+def _where_time_goes(results: dict[str, Any]) -> list[str]:
+    out = ["## Where the collection's time goes", "",
+           ("From the `bench_task_timing` callback (benchmarks/profile/): host-seconds per task summed over all hosts "
+           "of the collection's median-time run. Host-seconds overlap when hosts run in parallel."), ""]
+    found = False
+    for scenario, job, label in (("single", "rotate", "one service"), ("fleet", "rotate", "fleet"),
+                                 ("daily", "check", "daily check_expiry.yml"), ("daily", "rotate", "daily rotate.yml")):
+        runs = sorted((r for r in _runs(results, scenario, COLLECTION, job) if r.get("tasks")),
+                      key=lambda r: r["wall_s"])
+        if not runs:
+            continue
+        found = True
+        run = runs[len(runs) // 2]
+        prof = run["tasks"]
+        out += [(f"**{label}** (wall {run['wall_s']:.1f} s, {prof['hosts']} host(s), "
+                f"{prof['executed_per_host']:.0f} tasks run and {prof['skipped_per_host']:.0f} skipped per host, "
+                f"{prof['host_seconds']:.0f} host-seconds):"), "",
+                "| task | module | results | skipped | host-seconds |", "| --- | --- | --- | --- | --- |"]
+        for e in prof["top_tasks"][:8]:
+            out.append(f"| {e['task']} | `{e['action']}` | {e['runs']} | {e['skipped']} | {e['host_seconds']:.1f} |")
+        actions = ", ".join(f"`{a}` {s:.0f}" for a, s in list(prof["by_action"].items())[:6])
+        out += ["", f"By module (host-seconds): {actions}.", ""]
+    return out if found else []
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -219,12 +273,12 @@ def markdown(results: dict[str, Any]) -> str:
         out += [("Shell `cron-rotate-all.sh` (auto-rotate.sh per service, which checks and exits) against "
                 "`playbooks/rotate.yml` with nothing to rotate:"), ""]
         out += _table(results, "daily", TIME_ROWS[:1] + TIME_ROWS[3:], job="rotate") + [""]
-    if "requests" in scenarios:
+    if "single" in scenarios:
         out += ["## 4. Requests per rotation", "",
-                ("One service whose pods call the platform once when they start and then not for an hour, so every "
-                "other `GET /api/v1/tenants` is the contender's (the pods' calls are subtracted). Kubernetes counts "
-                "exclude the harness's own `/_sandbox/` reads."), ""]
-        out += _counts(results, "requests") + [""]
+                ("Counted by the sandboxes over the runs of scenario 1. The pods' own calls (counted by the emulator) "
+                 "are taken out of `GET /api/v1/tenants`; Kubernetes counts leave out the harness's `/_sandbox/` "
+                 "reads. A range means the runs differed."), ""]
+        out += _counts(results, "single") + [""]
         if "fleet" in scenarios:
             out += [("Per rotation in the fleet runs (admin requests to the platform, all requests to Kubernetes, "
                     "divided by the number of services):"), "", "| contender | platform (admin) | Kubernetes |",
@@ -237,6 +291,7 @@ def markdown(results: dict[str, Any]) -> str:
                                f"| {statistics.median(r['counters']['k8s_total'] for r in runs) / n:.1f} |")
             out.append("")
 
+    out += _where_time_goes(results)
     failed = [(name, r) for name, s in scenarios.items() for r in s.get("runs", []) if not r["ok"]]
     leaks = [(name, r) for name, s in scenarios.items() for r in s.get("runs", []) if r.get("token_leaks")]
     out += ["## Failed runs and token leaks", ""]

@@ -1,6 +1,6 @@
 """`make bench`: the collection against the reference document's shell automation, side by side.
 
-    .venv/bin/python -m benchmarks.run [--scenarios single,fleet,daily,requests] [--quick] ...
+    .venv/bin/python -m benchmarks.run [--scenarios single,fleet,daily] [--quick] ...
 
 Every run gets a fresh sandbox (except the daily check, whose 500 credentials nothing changes),
 the contenders alternate within each repetition, and every rotation is checked afterwards: a
@@ -55,9 +55,6 @@ ROLLOUT_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=1.0)
 REPLICAS = 2
 # The daily check's 500 services: one quiet pod each (the check never restarts them).
 QUIET_TIMINGS = pod_timings(start=0.2, ready=0.1, grace=0.5, interval=600)
-# Request counting: pods call once when they start and then not again for an hour, so every
-# other GET /api/v1/tenants is the contender's.
-COUNTING_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=3600)
 DUE_DAYS, NOT_DUE_DAYS = 5, 90
 
 
@@ -110,7 +107,7 @@ class Bench:
             "inventory_group_vars": self.group_vars,
             "forks": self.args.forks,
             "repetitions": {"single": self.args.single_reps, "fleet": self.args.fleet_reps,
-                            "daily": self.args.daily_reps, "requests": self.args.requests_reps},
+                            "daily": self.args.daily_reps},
             "fleet_size": self.args.fleet_size, "daily_size": self.args.daily_size,
             "rollout_timings": ROLLOUT_TIMINGS, "replicas": REPLICAS,
         }
@@ -135,7 +132,12 @@ class Bench:
         cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), "-i", str(inventory)]
         if self.args.forks:
             cmd += ["--forks", str(self.args.forks)]
-        return cmd, ansible_env(sandbox)
+        env = ansible_env(sandbox)
+        # Per-task timings (names and seconds only) for the "where the time goes" tables.
+        env.update({"ANSIBLE_CALLBACK_PLUGINS": str(REPO / "benchmarks" / "profile" / "callback_plugins"),
+                    "ANSIBLE_CALLBACKS_ENABLED": "bench_task_timing",
+                    "BENCH_TASK_TIMING_FILE": str(self.out / f"{tag}.tasks.json")})
+        return cmd, env
 
     def measure(self, who: str, job: str, sandbox: Sandbox, services: list[Service], tag: str,
                 observe: bool, expect: str) -> dict[str, Any]:
@@ -160,6 +162,9 @@ class Bench:
         run: dict[str, Any] = {"contender": who, "job": job, **measured.as_dict(), "counters": counters,
                                "ok": measured.returncode == 0 and not problems, "problems": shown,
                                "token_leaks": count_leaks(text, known_tokens(sandbox, services))}
+        timings = self.out / f"{tag}.tasks.json"
+        if who == COLLECTION and timings.exists():
+            run["tasks"] = report.task_profile(json.loads(timings.read_text()))
         if observer:
             window = observer.window
             starts, ends = list(window.started.values()), list(window.completed.values())
@@ -223,22 +228,6 @@ class Bench:
                                                                 expect="unchanged")})
         return {"runs": runs, "check_expiry_playbook": have_check}
 
-    def requests(self) -> dict[str, Any]:
-        runs = []
-        for rep in range(self.args.requests_reps):
-            for who in self.order(rep):
-                with self.sandbox() as sandbox:
-                    services = seed_services(sandbox, "svc", 1, REPLICAS, DUE_DAYS, COUNTING_TIMINGS)
-                    # Let every pod's one call land before the counters are zeroed.
-                    time.sleep(0.5)
-                    run = self.measure(who, "rotate", sandbox, services, f"requests-{rep}-{who}", observe=False,
-                                       expect="rotated")
-                    time.sleep(0.5)
-                    # The new pods' start-up calls arrive up to a moment after the contender returns.
-                    run["counters"] = sandbox.counters()
-                    runs.append({"rep": rep, **run})
-        return {"runs": runs}
-
     def run(self) -> int:
         started = time.monotonic()
         for name in self.args.scenarios:
@@ -263,12 +252,11 @@ class Bench:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="single,fleet,daily,requests",
-                        help="comma-separated, from single, fleet, daily, requests (default: all)")
+    parser.add_argument("--scenarios", default="single,fleet,daily",
+                        help="comma-separated: single, fleet, daily (default: all; request counts come from single)")
     parser.add_argument("--single-reps", type=int, default=5)
     parser.add_argument("--fleet-reps", type=int, default=2)
     parser.add_argument("--daily-reps", type=int, default=2)
-    parser.add_argument("--requests-reps", type=int, default=1)
     parser.add_argument("--fleet-size", type=int, default=50)
     parser.add_argument("--daily-size", type=int, default=500)
     parser.add_argument("--forks", type=int, default=0,
@@ -282,13 +270,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, default=REPO / "benchmarks" / "results.md")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(args.scenarios) - {"single", "fleet", "daily", "requests"}
+    unknown = set(args.scenarios) - {"single", "fleet", "daily"}
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily, requests")
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily")
     if args.quick:
-        args.single_reps = args.fleet_reps = args.daily_reps = args.requests_reps = 1
+        args.single_reps = args.fleet_reps = args.daily_reps = 1
         args.fleet_size, args.daily_size = min(args.fleet_size, 3), min(args.daily_size, 10)
-    for name in ("single_reps", "fleet_reps", "daily_reps", "requests_reps", "fleet_size", "daily_size"):
+    for name in ("single_reps", "fleet_reps", "daily_reps", "fleet_size", "daily_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
