@@ -193,7 +193,7 @@ def test_changelog_fragments_make_a_valid_release(tmp_path: Path) -> None:
     _must(_run([changelog, "lint"], cwd=copy))
     _must(_run([changelog, "release", "--version", VERSION, "--date", "2026-12-01"], cwd=copy, timeout=600))
     rendered = (copy / "CHANGELOG.rst").read_text()
-    assert rendered.startswith("=") and "xapi.system_auth Release Notes" in rendered
+    assert re.search(r"^xapi\.system\\?_auth Release Notes$", rendered, re.MULTILINE), rendered[:300]
     assert f"v{VERSION}" in rendered
     # Every fragment's text reached the release notes.
     release = yaml.safe_load((copy / "changelogs" / "changelog.yaml").read_text())["releases"][VERSION]
