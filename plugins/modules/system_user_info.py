@@ -174,7 +174,10 @@ system_user:
     days_remaining: 89
     expired: false
 access_verified:
-  description: With O(token) and O(verify_access=true), whether an ordinary API call with the token succeeded.
+  description:
+    - V(true) when O(verify_access=true) and an ordinary API call with the token succeeded (a refused
+      call fails the task instead).
+    - V(false) when O(verify_access) was not requested.
   returned: when O(token) is given
   type: bool
   sample: true
