@@ -7,7 +7,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv sandbox-up sandbox-down demo test pytest lint sanity constraints clean
+.PHONY: help venv system-deps sandbox-up sandbox-down demo test pytest lint sanity docs bench constraints clean
 
 help:
 	@echo "make demo          start the sandbox and rotate the demo service's credential"
@@ -30,11 +30,30 @@ demo: venv
 	$(PY) -m tests.sandbox up $(SANDBOX_ARGS)
 	bash hack/demo.sh
 
-test: venv
+system-deps:
+	bash hack/system-deps.sh
+
+# Every gate, cheapest first, so a lint slip fails in seconds rather than after the suite.
+test: venv system-deps
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory pytest
 
-pytest: venv
+lint: venv
+	bash hack/lint.sh
+
+sanity: venv
+	bash hack/sanity.sh
+
+docs: venv
+	bash hack/docs.sh
+
+pytest: venv system-deps
 	$(PY) -m pytest tests
+
+bench: venv system-deps
+	bash hack/bench.sh
 
 constraints:
 	rm -rf .cache/constraints-venv && python3 -m venv .cache/constraints-venv
