@@ -242,3 +242,18 @@ def test_deactivate_retries_a_502(api: Any, run_module: Any) -> None:
     run = run_module("system_user_deactivate", {"id": user_id})
     assert run.rc == 0 and run.result["changed"] is True
     assert users_of(api, "through-proxy")[0]["active"] is False
+
+
+# -- connection options -----------------------------------------------------------------------
+
+
+def test_tls_connection_from_the_environment(tls_platform: Any, run_module: Any, witness: Any) -> None:
+    witness.add(tls_platform.admin_token)
+    env = {"XAPI_URL": tls_platform.url("localhost"), "XAPI_TOKEN": tls_platform.admin_token,
+           "XAPI_CA_PATH": tls_platform.ca_path}
+    created = run_module("system_user", {"name": "over-tls"}, connection=False, env=env)
+    assert created.rc == 0 and created.result["changed"] is True, created.result
+    gone = run_module("system_user_deactivate", {"id": created.result["system_user"]["id"]}, connection=False,
+                      env=env)
+    assert gone.rc == 0 and gone.result["changed"] is True
+    assert created.result["invocation"]["module_args"]["ca_path"] == tls_platform.ca_path
