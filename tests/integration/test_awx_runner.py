@@ -199,8 +199,9 @@ def _assert_no_token_anywhere(pdd: Path, ident: str, result: subprocess.Complete
         assert not leaks, f"a token ({token[:5]}...) appears in {leaks[:5]}"
 
 
-def test_awx_job_rotates_the_due_service_only_and_publishes_stats(sandbox: Any, services: dict, ee_collections: Path,
-                                                                 tmp_path: Path) -> None:
+def test_awx_job_rotates_the_due_service_only_and_publishes_stats(
+    sandbox: Any, services: dict, ee_collections: Path, tmp_path: Path,
+) -> None:
     cluster = Cluster(sandbox.kubeconfig)
     before = {name: _secret(cluster, info["secret"]) for name, info in services.items()}
     envvars = _credential_env(sandbox)
@@ -243,14 +244,15 @@ def test_awx_job_rotates_the_due_service_only_and_publishes_stats(sandbox: Any, 
     assert summary["ledger-fresh"]["status"] not in ("rotated", "failed")
     assert summary["ledger-fresh"]["credential_id"] == fresh["system_user_id"]
 
-    _, k8s_token, _ = _kubeconfig_parts(sandbox.kubeconfig)
+    k8s_token = _kubeconfig_parts(sandbox.kubeconfig)[1]
     tokens = [sandbox.admin_token, k8s_token, before["billing-due"]["token"], after["billing-due"]["token"],
               before["ledger-fresh"]["token"]]
     _assert_no_token_anywhere(pdd, "nightly", result, tokens)
 
 
-def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(sandbox: Any, services: dict,
-                                                                      ee_collections: Path, tmp_path: Path) -> None:
+def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(
+    sandbox: Any, services: dict, ee_collections: Path, tmp_path: Path,
+) -> None:
     cluster = Cluster(sandbox.kubeconfig)
     before = {name: _secret(cluster, info["secret"]) for name, info in services.items()}
     envvars = _credential_env(sandbox)
@@ -268,9 +270,9 @@ def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(sandbox: 
     assert _same(after["billing-due"], before["billing-due"]), "the limit did not keep billing-due out of the run"
     summary = _stats(pdd, "manual")["artifact_data"]["credential_rotation"]
     assert set(summary) == {"ledger-fresh"} and summary["ledger-fresh"]["status"] == "rotated"
-    _, k8s_token, _ = _kubeconfig_parts(sandbox.kubeconfig)
-    _assert_no_token_anywhere(pdd, "manual", result, [sandbox.admin_token, k8s_token, before["ledger-fresh"]["token"],
-                                                      after["ledger-fresh"]["token"]])
+    tokens = [sandbox.admin_token, _kubeconfig_parts(sandbox.kubeconfig)[1], before["ledger-fresh"]["token"],
+              after["ledger-fresh"]["token"]]
+    _assert_no_token_anywhere(pdd, "manual", result, tokens)
 
 
 def test_configure_awx_playbook_passes_syntax_check() -> None:
@@ -311,8 +313,8 @@ def _local_playbook(tmp_path: Path, task: dict[str, Any]) -> Path:
 
 def test_cron_wrapper_logs_with_timestamps_and_fails_loudly(tmp_path: Path) -> None:
     env_file = _write_env_file(tmp_path / "env", {"XAPI_URL": "http://127.0.0.1:9", "XAPI_ADMIN_TOKEN": "xadm_cron"})
-    failing = _local_playbook(tmp_path, {"name": "Fail like a broken rotation",
-                                          "ansible.builtin.fail": {"msg": "the rotation broke"}})
+    failing = _local_playbook(tmp_path, {
+        "name": "Fail like a broken rotation", "ansible.builtin.fail": {"msg": "the rotation broke"}})
     result = subprocess.run(["bash", str(CRON)], env=_cron_env(tmp_path, failing, env_file), capture_output=True,
                             text=True, timeout=300, check=False)
     assert result.returncode == 2, result.stdout + result.stderr
