@@ -279,3 +279,14 @@ def test_molecule_default_scenario_converges_idempotently_and_verifies() -> None
     # The role did rotate in converge (idempotence alone would also pass on a role that does nothing).
     assert re.search(r"payments-api: rotated", output), output[-5000:]
     assert not TOKEN_PATTERN.search(output), "a token appears in molecule's output"
+
+
+def test_every_secret_annotation_and_key_the_role_writes_is_documented() -> None:
+    guide = (REPO / "docs" / "docsite" / "rst" / "guide_secret_state.rst").read_text()
+    role = "\n".join(p.read_text() for p in sorted((REPO / "roles" / "credential_rotation").rglob("*.yml")))
+    annotations = set(re.findall(r"xapi\.io/([a-z][a-z-]+[a-z])", role))
+    assert len(annotations) >= 10, f"too few annotations found in the role: {sorted(annotations)}"
+    undocumented = sorted(a for a in annotations if f"``{a}``" not in guide and f"xapi.io/{a}" not in guide)
+    assert not undocumented, f"annotations the role uses but guide_secret_state.rst does not explain: {undocumented}"
+    for key in ("pending-token", "previous-token"):
+        assert key in role and f"``{key}``" in guide
