@@ -396,6 +396,7 @@ class Measured:
     wall_s: float
     cpu_s: float
     returncode: int
+    timed_out: bool
     peak_rss_mib: float
     peak_pss_mib: float
     peak_processes: int
@@ -415,7 +416,13 @@ def run_measured(cmd: list[str], env: dict[str, str], log_path: Path, timeout: f
         sampler = TreeSampler(proc.pid) if sample_memory else None
         if sampler:
             sampler.start()
-        timer = threading.Timer(timeout, lambda: _kill_group(proc.pid))
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            _kill_group(proc.pid)
+
+        timer = threading.Timer(timeout, expire)
         timer.start()
         try:
             # wait4 rather than Popen.wait: its rusage covers every descendant the child reaped.
@@ -432,6 +439,7 @@ def run_measured(cmd: list[str], env: dict[str, str], log_path: Path, timeout: f
             sampler.stopping.set()
             sampler.join()
     return Measured(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, returncode=proc.returncode,
+                    timed_out=fired.is_set(),
                     peak_rss_mib=(sampler.peak_rss / MIB) if sampler else 0.0,
                     peak_pss_mib=(sampler.peak_pss / MIB) if sampler else 0.0,
                     peak_processes=sampler.peak_processes if sampler else 0,

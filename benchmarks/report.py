@@ -76,6 +76,12 @@ def task_profile(records: list[dict[str, Any]], top: int = 12) -> dict[str, Any]
             "by_action": {a: round(s, 2) for a, s in sorted(by_action.items(), key=lambda kv: -kv[1])}}
 
 
+def _killed(results: dict[str, Any], scenario: str, who: str, job: str = "rotate") -> float | None:
+    """The longest wall time of this contender's runs that the timeout killed (they ran at least that long)."""
+    walls = [r["wall_s"] for r in _runs(results, scenario, who, job, ok_only=False) if r.get("timed_out")]
+    return max(walls) if walls else None
+
+
 def _target(name: str, measured: str, met: bool | None, note: str = "") -> dict[str, Any]:
     return {"target": name, "measured": measured, "met": met, "note": note}
 
@@ -97,6 +103,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             targets.append(_target(f"fleet of {results['meta']['fleet_size']}: within 2x a single rollout + 30 s",
                                    f"{coll['median']:.1f} s (limit {limit:.1f} s: 2 x {single['median']:.1f} s + 30 s)",
                                    coll["median"] <= limit))
+        elif single and _killed(results, "fleet", COLLECTION):
+            targets.append(_target("fleet: within 2x a single rollout + 30 s",
+                                   f"more than {_killed(results, 'fleet', COLLECTION):.0f} s (killed by the timeout)",
+                                   False))
         else:
             targets.append(_target("fleet: within 2x a single rollout + 30 s", "no successful collection run", None))
         r = ratio(shell, coll)
@@ -112,6 +122,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             coll = metric(results, "daily", COLLECTION, "wall_s", job)
             shell = metric(results, "daily", SHELL, "wall_s", job)
             size = results["meta"]["daily_size"]
+            killed = _killed(results, "daily", COLLECTION, job)
+            if coll is None and killed:
+                targets.append(_target(f"daily check of {size} ({label}): under 10 s",
+                                       f"more than {killed:.0f} s (killed by the timeout)", False))
+                continue
             targets.append(_target(f"daily check of {size} ({label}): under 10 s",
                                    _fmt(coll and coll["median"]), None if coll is None else coll["median"] < 10))
             r = ratio(shell, coll)
@@ -299,7 +314,8 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("Every run rotated (or left alone) every service correctly; no token-shaped string or known "
                    "token appeared in any contender's output.")
     for name, r in failed:
-        out.append(f"- {name} rep {r.get('rep')} {r['contender']} {r['job']}: exit {r['returncode']}; "
+        out.append(f"- {name} rep {r.get('rep')} {r['contender']} {r['job']} after {r['wall_s']:.0f} s: "
+                   f"exit {r['returncode']}; "
                    f"{'; '.join(r['problems']) or 'no state problem found'} (log `{r['log']}`)")
     for name, r in leaks:
         out.append(f"- **token leak**: {name} rep {r.get('rep')} {r['contender']} {r['job']}: "

@@ -137,6 +137,11 @@ class Bench:
         env.update({"ANSIBLE_CALLBACK_PLUGINS": str(REPO / "benchmarks" / "profile" / "callback_plugins"),
                     "ANSIBLE_CALLBACKS_ENABLED": "bench_task_timing",
                     "BENCH_TASK_TIMING_FILE": str(self.out / f"{tag}.tasks.json")})
+        if self.args.profile:
+            # py-spy samples ansible-playbook and every worker and module process it starts; the
+            # sampling slows the run, so profiled runs say where time goes, not how much there is.
+            cmd = [str(VENV_BIN / "py-spy"), "record", "--subprocesses", "--format", "raw", "--rate", "50",
+                   "--nonblocking", "-o", str(self.out / f"{tag}.pyspy.txt"), "--", *cmd]
         return cmd, env
 
     def measure(self, who: str, job: str, sandbox: Sandbox, services: list[Service], tag: str,
@@ -174,6 +179,8 @@ class Bench:
                 per = [window.completed[k] - window.started[k] for k in window.completed]
                 run["rollout_each_s"] = sorted(per)[len(per) // 2]
                 run["overhead_s"] = measured.wall_s - run["rollout_s"]
+        if measured.timed_out:
+            run["problems"].insert(0, f"killed after the {self.args.timeout:.0f} s timeout")
         self.log(f"  {tag}: {who} {job} {measured.wall_s:.1f}s rc={measured.returncode}"
                  f"{'' if run['ok'] else ' FAILED: ' + '; '.join(run['problems'][:2]) or ''}")
         return run
@@ -239,14 +246,18 @@ class Bench:
                 self.log(f"  scenario {name} could not run: {exc}")
                 self.results["scenarios"][name] = {"error": str(exc), "runs": []}
             self.results["scenarios"][name]["seconds"] = time.monotonic() - scenario_started
+            # After every scenario, so a long run that is stopped still leaves what it measured.
+            self.write(started)
+        self.log(f"wrote {self.args.markdown} and {self.args.json} in {time.monotonic() - started:.0f}s")
+        return 0
+
+    def write(self, started: float) -> None:
         self.results["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.results["meta"]["seconds"] = time.monotonic() - started
         self.results["summary"] = report.summarize(self.results)
         self.args.json.write_text(json.dumps(self.results, indent=1, sort_keys=False) + "\n")
         self.args.markdown.write_text(report.markdown(self.results))
         shutil.copy(self.args.json, self.out / "results.json")
-        self.log(f"wrote {self.args.markdown} and {self.args.json} in {time.monotonic() - started:.0f}s")
-        return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -259,8 +270,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--daily-reps", type=int, default=2)
     parser.add_argument("--fleet-size", type=int, default=50)
     parser.add_argument("--daily-size", type=int, default=500)
-    parser.add_argument("--forks", type=int, default=0,
-                        help="ansible-playbook --forks (default: what ansible.cfg and the playbook say)")
+    parser.add_argument("--forks", type=int, default=20,
+                        help="ansible-playbook --forks (default 20, the fleet guide's example; 0: ansible.cfg's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the collection under py-spy (pip install py-spy); writes OUT/*.pyspy.txt")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one contender run may take")
     parser.add_argument("--quick", action="store_true",
                         help="1 repetition, a fleet of 3 and a daily check of 10 (the harness's smoke test)")

@@ -1,0 +1,1 @@
+"""Profiling helpers for the benchmarks (task timing callback, py-spy summaries)."""
