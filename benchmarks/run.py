@@ -49,6 +49,8 @@ from benchmarks.harness import (
 
 SHELL = "shell"
 COLLECTION = "collection"
+# benchmarks/proposals/check_expiry_batched.yml: what a batched daily check would cost (not shipped).
+PROPOSAL = "proposal"
 # A rollout of "a fixed few seconds": 2 replicas, one at a time (maxSurge 1, maxUnavailable 0),
 # each pod 1.0 s to start and 0.5 s to become ready. Pods call the API once a second.
 ROLLOUT_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=1.0)
@@ -106,6 +108,7 @@ class Bench:
             "bash": version(["bash", "--version"]),
             "inventory_group_vars": self.group_vars,
             "forks": self.args.forks,
+            "contenders": self.args.contenders,
             "repetitions": {"single": self.args.single_reps, "fleet": self.args.fleet_reps,
                             "daily": self.args.daily_reps},
             "fleet_size": self.args.fleet_size, "daily_size": self.args.daily_size,
@@ -127,9 +130,11 @@ class Bench:
             script = {"rotate": "cron-rotate-all.sh", "check": "cron-check-all.sh"}[job]
             return (["bash", str(SHELL_DIR / script), str(listing)],
                     shell_env(sandbox, self.kubectl, self.out / f"{tag}.home"))
-        playbook = {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
+        playbook = REPO / "playbooks" / {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
+        if who == PROPOSAL:
+            playbook = REPO / "benchmarks" / "proposals" / "check_expiry_batched.yml"
         inventory = inventory_file(services, self.group_vars, self.out / f"{tag}.inventory.json")
-        cmd = [str(VENV_BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook), "-i", str(inventory)]
+        cmd = [str(VENV_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory)]
         if self.args.forks:
             cmd += ["--forks", str(self.args.forks)]
         env = ansible_env(sandbox)
@@ -168,7 +173,7 @@ class Bench:
                                "ok": measured.returncode == 0 and not problems, "problems": shown,
                                "token_leaks": count_leaks(text, known_tokens(sandbox, services))}
         timings = self.out / f"{tag}.tasks.json"
-        if who == COLLECTION and timings.exists():
+        if who != SHELL and timings.exists():
             run["tasks"] = report.task_profile(json.loads(timings.read_text()))
         if observer:
             window = observer.window
@@ -185,10 +190,10 @@ class Bench:
                  f"{'' if run['ok'] else ' FAILED: ' + '; '.join(run['problems'][:2]) or ''}")
         return run
 
-    @staticmethod
-    def order(rep: int) -> list[str]:
+    def order(self, rep: int, extra: tuple[str, ...] = ()) -> list[str]:
         # Alternate who goes first, so a slow spell of the shared machine hits both.
-        return [SHELL, COLLECTION] if rep % 2 == 0 else [COLLECTION, SHELL]
+        chosen = [who for who in (SHELL, COLLECTION, *extra) if who in self.args.contenders]
+        return chosen if rep % 2 == 0 else chosen[::-1]
 
     # -- scenarios -----------------------------------------------------------------------------
 
@@ -227,7 +232,7 @@ class Bench:
             have_check = (REPO / "playbooks" / "check_expiry.yml").exists()
             for rep in range(self.args.daily_reps):
                 for job in ("check", "rotate"):
-                    for who in self.order(rep):
+                    for who in self.order(rep, extra=(PROPOSAL,) if job == "check" else ()):
                         if who == COLLECTION and job == "check" and not have_check:
                             continue
                         runs.append({"rep": rep, **self.measure(who, job, sandbox, services,
@@ -268,6 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--single-reps", type=int, default=5)
     parser.add_argument("--fleet-reps", type=int, default=2)
     parser.add_argument("--daily-reps", type=int, default=2)
+    parser.add_argument("--contenders", default="shell,collection",
+                        help="comma-separated: shell, collection, proposal (the batched check of benchmarks/proposals, "
+                             "daily check only); default shell,collection")
     parser.add_argument("--fleet-size", type=int, default=50)
     parser.add_argument("--daily-size", type=int, default=500)
     parser.add_argument("--forks", type=int, default=20,
@@ -286,6 +294,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - {"single", "fleet", "daily"}
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily")
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if not args.contenders or set(args.contenders) - {SHELL, COLLECTION, PROPOSAL}:
+        parser.error("--contenders takes shell, collection and proposal, separated by commas")
     if args.quick:
         args.single_reps = args.fleet_reps = args.daily_reps = 1
         args.fleet_size, args.daily_size = min(args.fleet_size, 3), min(args.daily_size, 10)
