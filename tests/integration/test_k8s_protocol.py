@@ -66,6 +66,8 @@ def test_unknown_paths_and_methods_answer_status_bodies(kube, namespace):  # noq
         "NotFound",
     )
     _status(kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", b"{not json"), 400, "BadRequest")
+    _status(kube.request("POST", f"/api/v1/namespaces/{namespace}/secrets", [1, 2]), 400, "BadRequest")
+    _status(kube.request("PUT", f"/api/v1/namespaces/{namespace}/secrets/x", "just a string"), 400, "BadRequest")
     _status(
         kube.request(
             "POST",

@@ -166,6 +166,7 @@ class Controller:
         self.pods_lock = threading.Lock()
         self.progress: dict[str, float] = {}  # deployment uid -> monotonic time of last progress
         self.hashes: dict[str, tuple[Any, str]] = {}  # deployment uid -> (generation, template hash)
+        self.failed: set[tuple[Any, Any, Any]] = set()  # objects already logged as unreconcilable
         self._pods_by_owner: dict[str | None, list[dict[str, Any]]] = {}
         self._rs_by_owner: dict[str | None, list[dict[str, Any]]] = {}
         self.secret_history = SecretHistory()
@@ -318,12 +319,26 @@ class Controller:
         for pod in self.store.items(PODS):
             self._pods_by_owner.setdefault(_owner(pod), []).append(pod)
         for rs in list(self.store.items(REPLICASETS)):
-            self._sync_replicaset(rs)
+            self._guarded(self._sync_replicaset, rs)
         self._rs_by_owner: dict[str | None, list[dict[str, Any]]] = {}
         for rs in self.store.items(REPLICASETS):
             self._rs_by_owner.setdefault(_owner(rs), []).append(rs)
         for deployment in list(self.store.items(DEPLOYMENTS)):
-            self._sync_deployment(deployment, now)
+            self._guarded(self._sync_deployment, deployment, now)
+
+    def _guarded(self, sync: Any, obj: dict[str, Any], *args: Any) -> None:
+        # One object the controller cannot handle must not stall every other rollout.
+        try:
+            sync(obj, *args)
+        except Exception:
+            key = (
+                obj["metadata"].get("namespace"),
+                obj["metadata"].get("name"),
+                obj["metadata"].get("resourceVersion"),
+            )
+            if key not in self.failed:
+                self.failed.add(key)
+                log.exception("cannot reconcile %s %s/%s", obj.get("kind"), key[0], key[1])
 
     # -- kubelet -----------------------------------------------------------------------------
 
@@ -767,7 +782,11 @@ class Controller:
         created_new: bool,
     ) -> None:
         meta, spec = deployment["metadata"], deployment["spec"]
-        old_status = deployment.get("status") or {}
+        # A client may have written anything through the status subresource: read it defensively.
+        raw_status = deployment.get("status") if isinstance(deployment.get("status"), dict) else {}
+        old_status = {k: v for k, v in raw_status.items() if k == "conditions" or isinstance(v, int)}
+        if not isinstance(old_status.get("conditions"), list):
+            old_status.pop("conditions", None)
         statuses = [rs.get("status") or {} for rs in owned]
         actual = sum(s.get("replicas", 0) for s in statuses)
         updated = (new_rs.get("status") or {}).get("replicas", 0) if new_rs else 0
@@ -788,7 +807,13 @@ class Controller:
             else 0
         )
         stamp = now_rfc3339()
-        conditions = {c["type"]: c for c in old_status.get("conditions") or []}
+        conditions = {
+            c["type"]: c
+            for c in old_status.get("conditions") or []
+            if isinstance(c, dict)
+            and isinstance(c.get("type"), str)
+            and {"status", "reason", "lastTransitionTime"} <= set(c)
+        }
 
         def set_condition(kind: str, value: str, reason: str, message: str, touch: bool) -> None:
             old = conditions.get(kind)
@@ -866,7 +891,7 @@ class Controller:
             )
         order = {"Available": 0, "Progressing": 1}
         status["conditions"] = sorted(conditions.values(), key=lambda c: order.get(c["type"], 2))
-        if status != old_status:
+        if status != raw_status:
             self.store.update_with(
                 DEPLOYMENTS, meta["namespace"], meta["name"], lambda o: {**o, "status": status}, validate=False
             )

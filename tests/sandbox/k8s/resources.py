@@ -186,9 +186,9 @@ def _invalid(rt: ResourceType, name: str, field_path: str, detail: str) -> Inval
     )
 
 
-def validate_name(rt: ResourceType, name: str) -> None:
+def validate_name(rt: ResourceType, name: Any) -> None:
     pattern = LABEL_NAME_RE if rt.plural in ("namespaces",) else NAME_RE
-    if not name or len(name) > 253 or not pattern.match(name):
+    if not isinstance(name, str) or not name or len(name) > 253 or not pattern.match(name):
         raise _invalid(
             rt,
             name,
@@ -239,8 +239,23 @@ def _default_pod_spec(spec: dict[str, Any]) -> None:
             volume["secret"].setdefault("defaultMode", 420)
 
 
+def _validate_metadata(rt: ResourceType, obj: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    name = str(meta.get("name", ""))
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise _invalid(rt, name, f"metadata.{key}", "must be a map of string keys to string values")
+    for key in ("spec", "status", "data"):
+        if key in obj and obj[key] is not None and not isinstance(obj[key], dict):
+            raise _invalid(rt, name, key, "must be an object")
+
+
 def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
     """What the real API server's defaulting and validation do for the fields clients rely on."""
+    _validate_metadata(rt, obj)
     name = obj["metadata"].get("name", "")
     if rt.kind == "Secret":
         if not obj.get("type"):
@@ -279,16 +294,37 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
         if not isinstance(spec, dict):
             raise _invalid(rt, name, "spec", "Required value")
         spec.setdefault("replicas", 1)
-        if not isinstance(spec["replicas"], int) or spec["replicas"] < 0:
+        if not isinstance(spec["replicas"], int) or isinstance(spec["replicas"], bool) or spec["replicas"] < 0:
             raise _invalid(rt, name, "spec.replicas", "must be greater than or equal to 0")
         spec.setdefault("revisionHistoryLimit", 10)
         spec.setdefault("progressDeadlineSeconds", 600)
+        for key in ("revisionHistoryLimit", "progressDeadlineSeconds", "minReadySeconds"):
+            value = spec.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise _invalid(rt, name, f"spec.{key}", f"{value!r}: must be an integer >= 0")
+        if not isinstance(spec.get("paused", False), bool):
+            raise _invalid(rt, name, "spec.paused", "must be a boolean")
+        if not isinstance(spec.get("strategy", {}), dict):
+            raise _invalid(rt, name, "spec.strategy", "must be an object")
         strategy = spec.setdefault("strategy", {})
         strategy.setdefault("type", "RollingUpdate")
         if strategy["type"] == "RollingUpdate":
             rolling = strategy.setdefault("rollingUpdate", {})
+            if not isinstance(rolling, dict):
+                raise _invalid(rt, name, "spec.strategy.rollingUpdate", "must be an object")
             rolling.setdefault("maxSurge", "25%")
             rolling.setdefault("maxUnavailable", "25%")
+            for key in ("maxSurge", "maxUnavailable"):
+                value = rolling[key]
+                if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and not (
+                    isinstance(value, str) and re.fullmatch(r"\d+%", value)
+                ):
+                    raise _invalid(
+                        rt,
+                        name,
+                        f"spec.strategy.rollingUpdate.{key}",
+                        f"{value!r}: must be an integer >= 0 or a percentage",
+                    )
         elif strategy["type"] != "Recreate":
             raise _invalid(rt, name, "spec.strategy.type", f'Unsupported value: "{strategy["type"]}"')
         selector = spec.get("selector")
@@ -297,7 +333,16 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
         template = spec.get("template")
         if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
             raise _invalid(rt, name, "spec.template", "Required value")
-        labels = (template.get("metadata") or {}).get("labels") or {}
+        template_meta = template.get("metadata") or {}
+        if not isinstance(template_meta, dict) or not isinstance(template_meta.get("labels") or {}, dict):
+            raise _invalid(rt, name, "spec.template.metadata", "must be an object with a labels map")
+        if not isinstance(template_meta.get("annotations") or {}, dict):
+            raise _invalid(rt, name, "spec.template.metadata.annotations", "must be a map")
+        if not isinstance(selector.get("matchLabels") or {}, dict) or not isinstance(
+            selector.get("matchExpressions") or [], list
+        ):
+            raise _invalid(rt, name, "spec.selector", "matchLabels must be a map and matchExpressions a list")
+        labels = template_meta.get("labels") or {}
         if not _selector_matches(selector, labels):
             raise _invalid(rt, name, "spec.template.metadata.labels", "`selector` does not match template `labels`")
         containers = template["spec"].get("containers")

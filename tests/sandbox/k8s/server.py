@@ -500,7 +500,7 @@ class Handler(BaseHTTPRequestHandler):
                 obj = self._scale_of(obj)
             self._respond_object(200, rt, obj, query)
         elif verb == "create":
-            if route.name and not route.subresource:
+            if route.name:  # POST goes to a collection; no subresource served here accepts create
                 raise ApiError(
                     405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
@@ -512,6 +512,8 @@ class Handler(BaseHTTPRequestHandler):
                 )
             namespace = route.namespace
             meta = body.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise ApiError(400, "BadRequest", "metadata must be an object")
             if rt.namespaced and meta.get("namespace") not in (None, "", namespace):
                 raise ApiError(
                     400,
@@ -594,6 +596,8 @@ class Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw.decode() or "{}")
             except ValueError:
                 raise ApiError(400, "BadRequest", "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         return body
 
     def _respond_object(self, status: int, rt: ResourceType, obj: dict[str, Any], query: dict[str, str]) -> None:
@@ -660,19 +664,21 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             for type_, obj in self.app.store.watch(rt, namespace, since_rv, stop_at, matches):
                 if self.server.stopping.is_set():
+                    self.close_connection = True
                     break
                 if not type_:
                     if self._client_gone():
-                        break
+                        self.close_connection = True
+                        return
                     continue
                 line = json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
                 self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
                 self.wfile.flush()
+            # The stream ends cleanly (timeoutSeconds): the connection stays usable, as with a real server.
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
-            pass
-        self.close_connection = True
+            self.close_connection = True
 
     def _client_gone(self) -> bool:
         """On an idle watch: has the client hung up? (Nothing else tells a quiet stream.)"""
@@ -814,6 +820,8 @@ class Handler(BaseHTTPRequestHandler):
             options = json.loads(raw.decode()) if raw.strip() else {}
         except ValueError:
             raise ApiError(400, "BadRequest", "the DeleteOptions body is not valid JSON") from None
+        if not isinstance(options, dict):
+            raise ApiError(400, "BadRequest", "the DeleteOptions body must be a JSON object")
         store = self.app.store
         preconditions = (options or {}).get("preconditions") or {}
         with store.lock:

@@ -236,6 +236,8 @@ class Store:
             if check_rv and wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
                 raise conflict(rt, name)
             if subresource == "status":
+                if not isinstance(obj.get("status", {}), dict):
+                    raise ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: status: must be an object')
                 new = copy.deepcopy(current)
                 new["status"] = obj.get("status", {})
             else:
@@ -324,6 +326,8 @@ class Store:
                     new["metadata"][kept] = current["metadata"][kept]
             if subresource == "status":
                 status = new.get("status")
+                if status is not None and not isinstance(status, dict):
+                    raise ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: status: must be an object')
                 new = copy.deepcopy(current)
                 new["status"] = status if status is not None else {}
             elif validate and "status" in current and rt.kind in ("Deployment", "ReplicaSet", "Namespace"):
