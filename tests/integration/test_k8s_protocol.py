@@ -204,3 +204,40 @@ def test_sandbox_state_never_contains_a_token(kube, sandbox):  # noqa: F811
     text = json.dumps(state)
     assert state["pods"] and all(len(p["token_fingerprint"] or "") in (0, 8) for p in state["pods"])
     assert "xsu_" not in text and kube.token not in text
+
+
+def test_malformed_requests_are_refused_not_crashed(kube, namespace):  # noqa: F811
+    # Cases found by fuzzing the emulator: each must be a 4xx Status, never a 500.
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    good = {
+        "metadata": {"name": "sturdy"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "s"}},
+            "template": {"metadata": {"labels": {"app": "s"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        },
+    }
+    assert kube.request("POST", deployments, good).status_code == 201
+    cases = [
+        ("POST", f"{deployments}/sturdy/status", {"metadata": 1}, "application/json", 405),
+        ("POST", deployments, {"metadata": 1}, "application/json", 400),
+        ("POST", deployments, {"metadata": {"name": 5}}, "application/json", 422),
+        ("DELETE", f"{deployments}/sturdy", [1], "application/json", 400),
+        (
+            "PATCH",
+            f"{deployments}/sturdy",
+            {"spec": {"strategy": {"rollingUpdate": {"maxSurge": "lots"}}}},
+            "application/merge-patch+json",
+            422,
+        ),
+        ("PATCH", f"{deployments}/sturdy", {"metadata": {"labels": "x"}}, "application/merge-patch+json", 422),
+        ("PATCH", f"{deployments}/sturdy/status", {"status": "x"}, "application/merge-patch+json", 422),
+        ("PATCH", f"{deployments}/sturdy", [{"op": "remove", "path": "/spec"}], "application/json-patch+json", 422),
+        ("PATCH", f"{deployments}/sturdy", {"spec": {"replicas": True}}, "application/merge-patch+json", 422),
+    ]
+    for method, path, body, content_type, code in cases:
+        response = kube.request(method, path, body, content_type=content_type)
+        assert response.status_code == code, (method, path, body, response.status_code, response.text[:200])
+        assert response.json()["kind"] == "Status"
+    deployment = kube.deployment(namespace, "sturdy")
+    assert deployment["spec"]["replicas"] == 1 and deployment["metadata"]["generation"] == 1
