@@ -54,19 +54,19 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         cmd = [sys.executable, "-m", "tests.sandbox", "up", "--dir", str(self.dir),
                "--platform-port", "0", "--k8s-port", "0", "--no-seed"]
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise BenchError(f"the sandbox did not start in {self.dir}: {result.stderr.strip()}")
         for line in (self.dir / "env").read_text().splitlines():
             if line.startswith("export "):
-                key, _, value = line[len("export "):].partition("=")
+                key, _sep, value = line[len("export "):].partition("=")
                 self.env[key] = shlex.split(value)[0] if value else ""
         self.cluster = Cluster(self.env["KUBECONFIG"])
         return self
 
     def __exit__(self, *exc: object) -> None:
         subprocess.run([sys.executable, "-m", "tests.sandbox", "down", "--dir", str(self.dir)],
-                       cwd=REPO, capture_output=True, timeout=60)
+                       cwd=REPO, capture_output=True, timeout=60, check=False)
 
     @property
     def url(self) -> str:
@@ -100,7 +100,7 @@ class Sandbox:
         # The pods keep calling the platform while the two states are read: read the emulator's
         # workload count on both sides of the platform's and retry until it did not move, so the
         # pods' share of GET /api/v1/tenants is known exactly.
-        for _ in range(50):
+        for _attempt in range(50):
             k8s_state = self.k8s("GET", "/_sandbox/state")
             platform_state = self.platform("GET", "/_sandbox/state")
             if _workload_calls(self.k8s("GET", "/_sandbox/state")) == _workload_calls(k8s_state):
@@ -426,7 +426,7 @@ def run_measured(cmd: list[str], env: dict[str, str], log_path: Path, timeout: f
         timer.start()
         try:
             # wait4 rather than Popen.wait: its rusage covers every descendant the child reaped.
-            _, status, usage = os.wait4(proc.pid, 0)
+            _pid, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
             _kill_group(proc.pid)
             raise
@@ -471,4 +471,3 @@ def ansible_env(sandbox: Sandbox) -> dict[str, str]:
                 "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"})
     return env
-

@@ -220,7 +220,7 @@ TIME_ROWS = [("wall time", "wall_s", "s", 1), ("rollout (observed)", "rollout_s"
 def _where_time_goes(results: dict[str, Any]) -> list[str]:
     out = ["## Where the collection's time goes", "",
            ("From the `bench_task_timing` callback (benchmarks/profile/): host-seconds per task summed over all hosts "
-           "of the collection's median-time run. Host-seconds overlap when hosts run in parallel."), ""]
+            "of the collection's median-time run. Host-seconds overlap when hosts run in parallel."), ""]
     found = False
     for scenario, job, label, who in (("single", "rotate", "one service", COLLECTION),
                                       ("fleet", "rotate", "fleet", COLLECTION),
@@ -236,7 +236,7 @@ def _where_time_goes(results: dict[str, Any]) -> list[str]:
         prof = run["tasks"]
         out += [(f"**{label}** (wall {run['wall_s']:.1f} s, {prof['hosts']} host(s), "
                 f"{prof['executed_per_host']:.0f} tasks run and {prof['skipped_per_host']:.0f} skipped per host, "
-                f"{prof['host_seconds']:.0f} host-seconds):"), "",
+                 f"{prof['host_seconds']:.0f} host-seconds):"), "",
                 "| task | module | results | skipped | host-seconds |", "| --- | --- | --- | --- | --- |"]
         for e in prof["top_tasks"][:8]:
             out.append(f"| {e['task']} | `{e['action']}` | {e['runs']} | {e['skipped']} | {e['host_seconds']:.1f} |")
@@ -251,12 +251,12 @@ def markdown(results: dict[str, Any]) -> str:
            "Written by `make bench` (`benchmarks/run.py`); the method and the reading of these numbers are in",
            "[docs/benchmarks.md](../docs/benchmarks.md). Raw numbers: [results.json](results.json).", "",
            (f"- run: {meta['started']} to {meta.get('finished', '?')} ({meta.get('seconds', 0) / 60:.1f} min), "
-           f"commit {meta['commit']}"),
+            f"commit {meta['commit']}"),
            f"- machine: {meta['cpus']} CPUs, {meta['machine']}, Python {meta['python']}",
            (f"- contenders: `{meta['ansible']}`; kubectl `{meta['kubectl']}`, `{meta['jq']}`, "
-           f"`{meta['curl'].split(' (')[0]}`"),
+            f"`{meta['curl'].split(' (')[0]}`"),
            (f"- inventory group vars (from playbooks/inventory/sandbox.yml): `{meta['inventory_group_vars']}`; "
-           f"forks: {meta['forks'] or 'ansible.cfg default'}"),
+            f"forks: {meta['forks'] or 'ansible.cfg default'}"),
            f"- repetitions: {meta['repetitions']}",
            "- cells: median (min-max) over the successful runs; the ratio is shell ÷ collection, so above 1 means",
            "  the collection is faster or smaller.", ""]
@@ -271,7 +271,7 @@ def markdown(results: dict[str, Any]) -> str:
     if "single" in scenarios:
         out += ["## 1. One service, rotation due", "",
                 (f"One Deployment of {meta['replicas']} replicas; the rollout is observed from the emulator's pods "
-                "(first new pod to all new pods ready)."), ""]
+                 "(first new pod to all new pods ready)."), ""]
         out += _table(results, "single", TIME_ROWS) + [""]
     if "fleet" in scenarios:
         single = stats(scenarios["fleet"].get("single_rollout_s", []))

@@ -87,14 +87,15 @@ class Bench:
     def _meta(self) -> dict[str, Any]:
         def version(cmd: list[str]) -> str:
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
             except OSError:
                 return "missing"
             return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
 
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=False)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "roles", "plugins", "playbooks"], cwd=REPO,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
         return {
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": commit.stdout.strip() + (" (roles/plugins/playbooks modified)" if dirty.stdout.strip() else ""),

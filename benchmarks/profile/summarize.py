@@ -55,7 +55,7 @@ def summarize(path: Path, rate: float) -> str:
     imports: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
     for line in path.read_text(errors="replace").splitlines():
-        stack_text, _, count_text = line.rpartition(" ")
+        stack_text, _sep, count_text = line.rpartition(" ")
         if not stack_text or not count_text.isdigit():
             continue
         count = int(count_text)
@@ -70,7 +70,7 @@ def summarize(path: Path, rate: float) -> str:
            "| --- | --- | --- |"]
     for (role, phase), count in totals.most_common():
         out.append(f"| {role}{' (' + phase + ')' if phase else ''} | {count / rate:.1f} | {count / all_samples:.0%} |")
-    module_samples = sum(c for (role, _), c in totals.items() if role.startswith("module"))
+    module_samples = sum(c for (role, _phase), c in totals.items() if role.startswith("module"))
     import_samples = sum(c for (role, phase), c in totals.items() if phase == "import")
     out += ["", (f"module processes: {module_samples / rate:.1f} s, of which imports {import_samples / rate:.1f} s "
             f"({import_samples / max(module_samples, 1):.0%})"), "", "| imported at module start | seconds |",
