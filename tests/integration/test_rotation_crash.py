@@ -1,0 +1,112 @@
+"""Crash safety: kill ansible-playbook (SIGKILL, workers included) at every step boundary, run again.
+
+After the second run there must be exactly one active credential, the one the Secret references,
+the old one deactivated, no orphan left active, no rotation state in the Secret, and no request of
+the workload refused along the way. The scenarios run a few at a time, each on its own service.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_rotation import STATE_ANNOTATIONS, Service, outcome
+
+pytestmark = pytest.mark.slow
+
+# The banner of the task during which the run dies, in the order the steps run. Every write of the
+# Secret and every change on the platform or the cluster has a boundary before and after it here.
+BOUNDARIES = [
+    "Create the new system user",                     # name recorded (phase creating), user maybe created
+    "Store the new token in the Secret as pending",   # user created, its token only in the dead process
+    "Verify the pending token against the API",       # phase pending
+    "Promote the pending credential in the Secret",   # verified, not promoted
+    "Restart the workloads",                          # phase promoted, nothing restarted yet
+    "Wait for the rollouts to complete (kubectl rollout status rules)",  # restart under way
+    "Deactivate the old credential",                  # rollout done, old pods gone
+    "Clear the rotation state from the Secret",       # old credential already deactivated
+    "Release the rotation lock",                      # all done but the unlock
+]
+# A dead run's lock must expire before the next run may take over; keep it short here.
+SHORT_LOCK = {"credential_rotation_lock_duration": 5}
+
+
+def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
+    directory.mkdir()
+    service = Service(sandbox, directory)
+    service.rotate_until(boundary, SHORT_LOCK)
+    service.wait_for_lock_expiry()
+    result = service.rotate()
+    problems = []
+    if result.returncode != 0:
+        return f"{boundary}: the second run failed: {result.stdout[-3000:]}"
+    try:
+        summary = outcome(result)
+        if boundary == "Release the rotation lock":
+            # The dead run had finished; all it left is its lock, expired, which the next rotation
+            # overwrites. Nothing is due, and the run says so.
+            if not summary.startswith("not due ("):
+                problems.append(f"summary {summary!r}")
+        elif not summary.startswith("rotated ("):
+            problems.append(f"summary {summary!r}")
+        new_id = service.assert_rotated_cleanly(service.original_id,
+                                                allow_expired_lock=boundary == "Release the rotation lock")
+        service.assert_no_failed_requests(service.original_id, new_id)
+        stray = [u for u in service.users() if u["id"] not in (service.original_id, new_id)]
+        if any(u["active"] for u in stray):
+            problems.append(f"orphans left active: {stray}")
+        if len(stray) > 1:
+            problems.append(f"more than one credential was created and discarded: {stray}")
+    except AssertionError as error:
+        problems.append(str(error))
+    return f"{boundary}: " + "; ".join(problems) if problems else None
+
+
+def test_a_crash_at_any_step_boundary_is_resumed_by_the_next_run(sandbox: Any, tmp_path: Path) -> None:
+    # Three at a time: each scenario is mostly waiting for pods, two runs of ansible-playbook each.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(_crash_then_resume, sandbox, tmp_path / f"crash{i}", boundary)
+                   for i, boundary in enumerate(BOUNDARIES)]
+        failures = [message for future in futures if (message := future.result())]
+    assert not failures, "\n".join(failures)
+
+
+def test_abort_discards_a_pending_credential(sandbox: Any, tmp_path: Path) -> None:
+    service = Service(sandbox, tmp_path)
+    service.rotate_until("Promote the pending credential in the Secret", SHORT_LOCK)
+    pending_id = service.annotations()["xapi.io/pending-id"]
+    assert "pending-token" in service.data()
+    service.wait_for_lock_expiry()
+
+    result = service.rotate({"credential_rotation_abort": True})
+
+    assert result.returncode == 0, result.stdout[-3000:]
+    discarded = f"aborted (the interrupted rotation was discarded, the new credential {pending_id}"
+    assert outcome(result).startswith(discarded)
+    assert [u["id"] for u in service.active_users()] == [service.original_id]
+    data = service.data()
+    assert data["token"] == service.original_token and "pending-token" not in data
+    assert not any(k in STATE_ANNOTATIONS for k in service.annotations())
+    service.assert_no_failed_requests(service.original_id)
+
+
+def test_abort_after_promotion_rolls_back(sandbox: Any, tmp_path: Path) -> None:
+    service = Service(sandbox, tmp_path)
+    service.rotate_until("Wait for the rollouts to complete (kubectl rollout status rules)", SHORT_LOCK)
+    new_id = service.data()["id"]
+    assert new_id != service.original_id
+    service.wait_for_lock_expiry()
+
+    result = service.rotate({"credential_rotation_abort": True})
+
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = outcome(result)
+    assert summary.startswith(f"aborted (rolled back: the Secret holds the previous credential {service.original_id}")
+    assert f"the new credential {new_id} was deactivated" in summary
+    assert [u["id"] for u in service.active_users()] == [service.original_id]
+    assert service.data()["token"] == service.original_token
+    assert not any(k in STATE_ANNOTATIONS for k in service.annotations())
+    service.assert_no_failed_requests(service.original_id, new_id)
