@@ -7,6 +7,7 @@ them up: a pod never has more than one request in flight.
 
 from __future__ import annotations
 
+import heapq
 import http.client
 import logging
 import ssl
@@ -20,6 +21,7 @@ from tests.sandbox.k8s.controller import Controller, PodRuntime
 log = logging.getLogger("k8s-emulator.workload")
 
 TENANTS_PATH = "/api/v1/tenants"
+SCAN_INTERVAL = 0.1  # how soon a freshly started pod makes its first call, at most
 
 
 class Workload:
@@ -38,6 +40,7 @@ class Workload:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="workload")
         self.local = threading.local()
         self.stopping = threading.Event()
+        self.returned: list[str] = []  # uids whose call finished (guarded by the controller's pods_lock)
         self.thread = threading.Thread(target=self._run, name="workload-scheduler", daemon=True)
 
     def start(self) -> None:
@@ -48,12 +51,39 @@ class Workload:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        # A heap of (next call time, pod uid): each pass costs O(due pods), not O(all pods).
+        # New pods are picked up by a scan a few times a second; finished calls come back
+        # through ``self.returned`` and are pushed again at their next call time.
+        heap: list[tuple[float, str]] = []
+        scheduled: set[str] = set()
+        next_scan = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
             due: list[tuple[PodRuntime, str]] = []
             with self.controller.pods_lock:
-                for pod in self.controller.pods.values():
-                    if pod.started and pod.token and not pod.in_flight and pod.next_call <= now:
+                pods = self.controller.pods
+                while self.returned:
+                    uid = self.returned.pop()
+                    pod = pods.get(uid)
+                    if pod is None:
+                        scheduled.discard(uid)
+                    else:
+                        heapq.heappush(heap, (pod.next_call, uid))
+                if now >= next_scan:
+                    next_scan = now + SCAN_INTERVAL
+                    scheduled &= pods.keys()
+                    for uid, pod in pods.items():
+                        if uid not in scheduled and pod.started:
+                            scheduled.add(uid)
+                            heapq.heappush(heap, (pod.next_call, uid))
+                while heap and heap[0][0] <= now:
+                    _, uid = heapq.heappop(heap)
+                    pod = pods.get(uid)
+                    if pod is None:
+                        scheduled.discard(uid)
+                    elif not pod.token:
+                        heapq.heappush(heap, (now + pod.request_interval, uid))  # nothing to call with yet
+                    else:
                         pod.in_flight = True
                         due.append((pod, pod.token))
             for pod, token in due:
@@ -61,7 +91,8 @@ class Workload:
                     self.pool.submit(self._call, pod, token)
                 except RuntimeError:
                     return  # shutting down
-            time.sleep(0.01)
+            wait = min(heap[0][0] - time.monotonic(), 0.05) if heap else 0.05
+            time.sleep(max(wait, 0.002))
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
@@ -105,3 +136,4 @@ class Workload:
                     finished[outcome] = finished.get(outcome, 0) + 1
                 pod.in_flight = False
                 pod.next_call = time.monotonic() + pod.request_interval
+                self.returned.append(pod.uid)
