@@ -266,9 +266,9 @@ def test_create_with_two_lost_answers_fails_and_leaves_nothing_active(api: Any) 
 def test_create_read_timeout_then_late_commit_still_ends_with_one_active_user(api: Any) -> None:
     # The first create is slow: the client gives up waiting, looks the name up (nothing yet) and
     # creates again while the first one is still in flight.
-    add_fault(api, method="POST", path=USERS, latency=1.5, count=1)
-    user, token = client(api, timeout=0.5).create_user("slow", None, 30)
-    time.sleep(1.5)  # let the first request finish on the server
+    add_fault(api, method="POST", path=USERS, latency=2.5, count=1)
+    user, token = client(api, timeout=1.0).create_user("slow", None, 30)
+    time.sleep(2.5)  # let the first request finish on the server
     active = [u for u in users_of(api, "slow") if u["active"]]
     assert [u["id"] for u in active] == [user["id"]]
     assert api.api("GET", f"{USERS}/token-info", token=token).status_code == 200
