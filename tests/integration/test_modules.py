@@ -225,3 +225,25 @@ def test_no_token_in_output_even_at_vvv(plat: Any, run_playbook: Any, tmp_path: 
     assert recap(result.stdout)["ignored"] == 1
     assert "the API token was rejected" in result.stdout
     assert_no_token(result.stdout + result.stderr, {new_token, service["token"], plat.admin_token})
+
+
+def test_new_token_is_hidden_even_when_the_task_forgets_no_log(plat: Any, run_playbook: Any) -> None:
+    """The action plugin hides a result that carries a token; the registered variable keeps it."""
+    tasks = """
+- name: Create the credential, forgetting no_log
+  xapi.system_auth.system_user:
+    name: forgetful
+    expires_in_days: 5
+  register: created
+- name: The registered result still holds the token for the tasks that store it
+  ansible.builtin.assert:
+    that:
+      - created.token is match('xsu_')
+      - created.system_user.name == 'forgetful'
+    quiet: true
+"""
+    result = run_playbook(play(tasks), verbosity=3, diff=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "has been hidden due to the fact that 'no_log: true'" in result.stdout.replace("''", "'")
+    assert len(users(plat, "forgetful")) == 1
+    assert_no_token(result.stdout + result.stderr, {plat.admin_token})
