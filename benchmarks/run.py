@@ -286,6 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900, help="seconds one contender run may take")
     parser.add_argument("--quick", action="store_true",
                         help="1 repetition, a fleet of 3 and a daily check of 10 (the harness's smoke test)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="only write --markdown from an earlier run's results.json")
     parser.add_argument("--kubectl", type=Path, default=REPO / ".cache" / "kubectl-1.20" / "usr" / "bin" / "kubectl")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results.json")
@@ -309,6 +311,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        # Re-render the tables from raw results, e.g. after a change of the report's layout.
+        try:
+            results = json.loads(args.render.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"bench: cannot read {args.render}: {exc}", file=sys.stderr)
+            return 2
+        results["summary"] = report.summarize(results)
+        args.markdown.write_text(report.markdown(results))
+        print(f"wrote {args.markdown} from {args.render}")
+        return 0
     for tool in ("curl", "jq", "bash", "base64"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not installed; the shell contender needs it (apt-get install {tool}).",
