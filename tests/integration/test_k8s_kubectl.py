@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.sandbox.k8s.testing import kube, kubectl_binary, rollout_complete  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import kube, kubectl_binary, rollout_complete  # noqa: F401  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.real_cluster
 VERSIONS = ["path", "1.20"]

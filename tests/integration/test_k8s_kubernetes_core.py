@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.sandbox.k8s.testing import kube, rollout_complete  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import kube, rollout_complete  # noqa: F401  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.real_cluster
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.sandbox.k8s.testing import kube  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import kube  # noqa: F401  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.real_cluster
 

@@ -11,7 +11,7 @@ from kubernetes import client, config, watch
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from tests.sandbox.k8s.testing import kube, restart_patch, rollout_complete  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import kube, restart_patch, rollout_complete  # noqa: F401  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.real_cluster
 
@@ -197,7 +197,7 @@ def test_watch_sees_the_rollout_finish(api_client, kube, namespace):  # noqa: F8
             stream.stop()
     assert done.is_set(), f"the watch ended before the rollout finished: {seen}"
     assert seen[0][0] == "MODIFIED" and seen[0][1] == generation  # the patch itself, not a replay of the list
-    assert any(updated < 2 for _, _, updated, _ in seen), "the watch should have seen intermediate states"
+    assert any(entry[2] < 2 for entry in seen), "the watch should have seen intermediate states"
 
 
 def test_leases_for_the_rotation_lock(api_client, namespace):

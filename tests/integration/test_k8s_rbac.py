@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.sandbox.k8s.__main__ import kubeconfig_text
-from tests.sandbox.k8s.testing import kube  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import kube  # noqa: F401  # pylint: disable=unused-import
 
 ROTATOR_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["payments-api-token"], "verbs": ["get", "patch"]},
@@ -67,7 +67,7 @@ def _forbidden(response) -> str:
 
 
 def test_the_role_grants_exactly_its_rules(kube, rotator):  # noqa: F811
-    namespace, token, _ = rotator
+    namespace, token = rotator[:2]
     base = f"/api/v1/namespaces/{namespace}"
     apps = f"/apis/apps/v1/namespaces/{namespace}"
     assert kube.request("GET", f"{base}/secrets/payments-api-token", token=token).status_code == 200
@@ -113,7 +113,7 @@ def test_the_role_grants_exactly_its_rules(kube, rotator):  # noqa: F811
 
 
 def test_watch_with_a_name_field_selector_is_authorised_by_resource_names(kube, rotator):  # noqa: F811
-    namespace, token, _ = rotator
+    namespace, token = rotator[:2]
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
     # kubectl rollout status lists and watches with fieldSelector=metadata.name=<deployment>.
     response = kube.request("GET", f"{path}?fieldSelector=metadata.name%3Dpayments-api", token=token)
@@ -121,7 +121,7 @@ def test_watch_with_a_name_field_selector_is_authorised_by_resource_names(kube, 
 
 
 def test_authentication_and_controls(kube, rotator):  # noqa: F811
-    _, token, _ = rotator
+    token = rotator[1]
     for bad in ("", "not-a-token"):
         response = kube.request("GET", "/api/v1/namespaces", token=bad)
         assert response.status_code == 401 and response.json()["reason"] == "Unauthorized"
@@ -130,7 +130,7 @@ def test_authentication_and_controls(kube, rotator):  # noqa: F811
 
 
 def test_kubectl_and_kubernetes_core_as_the_rotator(kube, rotator, run_playbook):  # noqa: F811
-    namespace, _, kubeconfig = rotator
+    namespace, kubeconfig = rotator[0], rotator[2]
     original = kube.kubeconfig
     try:
         kube.kubeconfig = kubeconfig

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from tests.sandbox.k8s.testing import condition, kube, restart_patch, rollout_complete  # noqa: F401 - fixture
+from tests.sandbox.k8s.testing import condition, kube, restart_patch, rollout_complete  # noqa: F401  # pylint: disable=unused-import
 
 
 def _b64(text: str) -> str:
@@ -202,7 +202,7 @@ def test_rolling_update_honours_max_surge_and_max_unavailable(kube, max_surge, m
     kube.wait_for(lambda: events and rollout_complete(events[-1][1]["object"]), 30, "the watch to see the rollout end")
     stop.set()
     assert events[0][0] - started < 2, "watch events must stream as they happen, not when the stream closes"
-    statuses = [e["object"].get("status") or {} for _, e in events]
+    statuses = [event["object"].get("status") or {} for _stamp, event in events]
     assert max(s.get("replicas", 0) for s in statuses) <= replicas + surge
     assert min(s.get("availableReplicas", 0) for s in statuses) >= replicas - unavailable
     assert any(s.get("updatedReplicas", 0) < replicas for s in statuses)

@@ -592,7 +592,7 @@ class Controller:
         ]
         wanted = rs["spec"].get("replicas", 0)
         if len(pods) < wanted:
-            for _ in range(wanted - len(pods)):
+            for _missing in range(wanted - len(pods)):
                 pod = self._create_pod(rs)
                 pods.append(pod)
                 self._pods_by_owner.setdefault(rs["metadata"]["uid"], []).append(pod)
@@ -625,7 +625,7 @@ class Controller:
         template = copy.deepcopy(rs["spec"]["template"])
         meta = template.get("metadata") or {}
         annotations = meta.get("annotations") or {}
-        suffix = "".join(secrets.choice(SAFE_ALPHABET) for _ in range(5))
+        suffix = "".join(secrets.choice(SAFE_ALPHABET) for _position in range(5))
         deployment = next(
             (ref["name"] for ref in rs["metadata"].get("ownerReferences") or [] if ref.get("kind") == "Deployment"), ""
         )

@@ -31,8 +31,8 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes) -> list[tuple[int, int, Any]]:
-    """(field number, wire type, value) in order; length-delimited values stay bytes."""
+def _fields(data: bytes) -> list[tuple[int, Any]]:
+    """(field number, value) in order; length-delimited values stay bytes."""
     out = []
     pos = 0
     while pos < len(data):
@@ -49,13 +49,13 @@ def _fields(data: bytes) -> list[tuple[int, int, Any]]:
             value, pos = data[pos : pos + 4], pos + 4
         else:
             raise ProtobufError(f"unsupported wire type {wire}")
-        out.append((number, wire, value))
+        out.append((number, value))
     return out
 
 
 def _map_entry(raw: bytes) -> tuple[str, bytes]:
     key, value = "", b""
-    for number, _, field_value in _fields(raw):
+    for number, field_value in _fields(raw):
         if number == 1:
             key = field_value.decode()
         elif number == 2:
@@ -66,7 +66,7 @@ def _map_entry(raw: bytes) -> tuple[str, bytes]:
 def _object_meta(raw: bytes) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     names = {1: "name", 2: "generateName", 3: "namespace", 6: "resourceVersion"}
-    for number, _, value in _fields(raw):
+    for number, value in _fields(raw):
         if number in names:
             meta[names[number]] = value.decode()
         elif number in (11, 12):
@@ -79,7 +79,7 @@ def _object_meta(raw: bytes) -> dict[str, Any]:
 
 def _secret(raw: bytes) -> dict[str, Any]:
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": {}}
-    for number, _, value in _fields(raw):
+    for number, value in _fields(raw):
         if number == 1:
             obj["metadata"] = _object_meta(value)
         elif number == 2:
@@ -97,7 +97,7 @@ def _secret(raw: bytes) -> dict[str, Any]:
 
 def _configmap(raw: bytes) -> dict[str, Any]:
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}
-    for number, _, value in _fields(raw):
+    for number, value in _fields(raw):
         if number == 1:
             obj["metadata"] = _object_meta(value)
         elif number in (2, 3):
@@ -113,7 +113,7 @@ def _configmap(raw: bytes) -> dict[str, Any]:
 
 def _namespace(raw: bytes) -> dict[str, Any]:
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {}}
-    for number, _, value in _fields(raw):
+    for number, value in _fields(raw):
         if number == 1:
             obj["metadata"] = _object_meta(value)
     return obj
@@ -128,9 +128,9 @@ def decode(body: bytes) -> dict[str, Any]:
         raise ProtobufError("not a Kubernetes protobuf body")
     api_version = kind = ""
     raw = b""
-    for number, _, value in _fields(body[len(MAGIC) :]):
+    for number, value in _fields(body[len(MAGIC) :]):
         if number == 1:
-            for sub, _, text in _fields(value):
+            for sub, text in _fields(value):
                 if sub == 1:
                     api_version = text.decode()
                 elif sub == 2:

@@ -159,7 +159,9 @@ class Kube:
     ) -> subprocess.CompletedProcess:
         binary = kubectl_binary(version)
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "HOME": os.environ.get("HOME", "/tmp")}
-        result = subprocess.run([binary, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout)
+        result = subprocess.run(
+            [binary, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
         if check:
             assert result.returncode == 0, f"kubectl {' '.join(args)} -> {result.returncode}: {result.stderr.strip()}"
         return result

@@ -77,7 +77,7 @@ class Workload:
                             scheduled.add(uid)
                             heapq.heappush(heap, (pod.next_call, uid))
                 while heap and heap[0][0] <= now:
-                    _, uid = heapq.heappop(heap)
+                    uid = heapq.heappop(heap)[1]
                     pod = pods.get(uid)
                     if pod is None:
                         scheduled.discard(uid)
