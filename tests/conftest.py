@@ -34,7 +34,9 @@ class Sandbox:
         self.ca_path: str | None = self.env.get("XAPI_CA_PATH")
         self._session = requests.Session()
 
-    def api(self, method: str, path: str, json: Any = None, token: str | None = None, **kwargs: Any) -> requests.Response:
+    def api(
+        self, method: str, path: str, json: Any = None, token: str | None = None, **kwargs: Any
+    ) -> requests.Response:
         """One request to the platform sandbox, as the admin unless another token is given."""
         headers = kwargs.pop("headers", {})
         headers["Authorization"] = f"Bearer {self.admin_token if token is None else token}"

@@ -70,15 +70,16 @@ def _start(name: str, args: list[str], state_dir: Path, sandbox_dir: Path) -> di
     pids = _pids(sandbox_dir)
     pids[name] = proc.pid
     (sandbox_dir / "pids.json").write_text(json.dumps(pids))
+    log_path = sandbox_dir / f"{name}.log"
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         ready = _read_json(ready_file)
         if ready:
             return ready
         if proc.poll() is not None:
-            raise LaunchError(f"the {name} sandbox exited with code {proc.returncode}; see {sandbox_dir / (name + '.log')}")
+            raise LaunchError(f"the {name} sandbox exited with code {proc.returncode}; see {log_path}")
         time.sleep(0.05)
-    raise LaunchError(f"the {name} sandbox did not become ready in {READY_TIMEOUT:.0f}s; see {sandbox_dir / (name + '.log')}")
+    raise LaunchError(f"the {name} sandbox did not become ready in {READY_TIMEOUT:.0f}s; see {log_path}")
 
 
 def _write_env(sandbox_dir: Path, values: dict[str, str]) -> None:
