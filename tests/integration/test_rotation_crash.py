@@ -110,3 +110,30 @@ def test_abort_after_promotion_rolls_back(sandbox: Any, tmp_path: Path) -> None:
     assert service.data()["token"] == service.original_token
     assert not any(k in STATE_ANNOTATIONS for k in service.annotations())
     service.assert_no_failed_requests(service.original_id, new_id)
+
+
+def test_no_rollback_to_a_credential_an_earlier_run_deactivated(sandbox: Any, tmp_path: Path) -> None:
+    # The dead run had deactivated the old credential; the next run's health check then fails.
+    service = Service(sandbox, tmp_path)
+    service.rotate_until("Clear the rotation state from the Secret", SHORT_LOCK)
+    new_id = service.data()["id"]
+    assert [u["id"] for u in service.active_users()] == [new_id]
+    service.wait_for_lock_expiry()
+
+    result = service.rotate({"credential_rotation_health_url": "http://127.0.0.1:9/health",
+                             "credential_rotation_health_timeout": 2})
+
+    assert result.returncode != 0
+    summary = outcome(result)
+    assert summary.startswith("failed (The service's health URL did not answer 200 within 2 s"), summary
+    assert f"not rolled back, because the previous credential {service.original_id} is no longer active" in summary
+    data = service.data()
+    assert data["id"] == new_id and [u["id"] for u in service.active_users()] == [new_id]
+    assert service.annotations()["xapi.io/rotation-phase"] == "promoted"
+    service.assert_no_failed_requests(new_id)
+
+    # Once the service is healthy again (no health URL here), the next run finishes the rotation.
+    service.wait_for_lock_expiry()
+    finished = service.rotate()
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    service.assert_rotated_cleanly(service.original_id)
