@@ -368,9 +368,10 @@ def test_rollout_that_never_completes_is_rolled_back(service: Service, tmp_path:
         "namespace": service.namespace, "deployment": service.name, "never_ready": True})
     assert status == 200, answer
     try:
-        result = service.rotate({"credential_rotation_rollout_timeout": 8,
+        # Two rollouts that never complete (the rotation's and the rollback's): allow for a busy machine.
+        result = service.rotate({"credential_rotation_rollout_timeout": 8, "credential_rotation_drain_timeout": 30,
                                  "credential_rotation_failure_webhook_url": f"http://127.0.0.1:{server.server_port}/hook",
-                                 "credential_rotation_audit_log": str(audit)})
+                                 "credential_rotation_audit_log": str(audit)}, timeout=600)
     finally:
         service.cluster.request("DELETE", "/_sandbox/faults")
         server.shutdown()
