@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--forks", type=int, default=20,
                         help="ansible-playbook --forks (default 20, the fleet guide's example; 0: ansible.cfg's)")
     parser.add_argument("--profile", action="store_true",
-                        help="run the collection under py-spy (pip install py-spy); writes OUT/*.pyspy.txt")
+                        help="run the collection under py-spy (requirements-test.txt); writes OUT/*.pyspy.txt")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one contender run may take")
     parser.add_argument("--quick", action="store_true",
                         help="1 repetition, a fleet of 3 and a daily check of 10 (the harness's smoke test)")
