@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} is not installed; the shell contender needs it (apt-get install {tool}).",
                   file=sys.stderr)
             return 2
+    if args.profile and not (VENV_BIN / "py-spy").is_file():
+        print("bench: --profile needs py-spy in .venv; run 'make venv' (it is in requirements-test.txt).",
+              file=sys.stderr)
+        return 2
     if not args.kubectl.is_file():
         print(f"bench: no kubectl at {args.kubectl}; run 'bash hack/get-kubectl-1.20.sh' first.", file=sys.stderr)
         return 2
