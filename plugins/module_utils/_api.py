@@ -273,6 +273,9 @@ class XapiClient:
             raise XapiError(f"timeout must be a positive number of seconds, got {timeout:g}.")
         if retries < 0 or retries > 10:
             raise XapiError(f"retries must be between 0 and 10, got {retries}.")
+        # AWX injects every variable of a credential type, an optional one left blank as '':
+        # an empty XAPI_CA_PATH means "no CA bundle", not a file named ''.
+        ca_path = ca_path or None
         if ca_path is not None:
             try:
                 with open(ca_path, "rb"):

@@ -449,6 +449,11 @@ def test_https_against_a_plain_http_port(api: Any) -> None:
     assert "does not speak TLS on that port): use http:// in api_url" in err.msg
 
 
+def test_empty_ca_path_means_none_as_awx_injects_a_blank_input(api: Any) -> None:
+    # AWX sets every injector variable, a blank optional input as '' (XAPI_CA_PATH='').
+    assert XapiClient(api.url, api.admin_token, ca_path="").list_users() == []
+
+
 def test_missing_ca_path_file() -> None:
     err = error_of(lambda: XapiClient("https://localhost:1", "t", ca_path="/nonexistent/ca.pem"))
     assert err.msg.startswith("ca_path '/nonexistent/ca.pem' cannot be read")
