@@ -87,7 +87,7 @@ class Service:
 
     def _restricted_kubeconfig(self, tmp_path: Path) -> Path:
         """A kubeconfig for a ServiceAccount bound to deploy/rbac.yml's Role, for this service's names."""
-        for document in yaml.safe_load_all(RBAC.read_text()):
+        for document in yaml.safe_load(RBAC.read_text())["items"]:
             document["metadata"]["namespace"] = self.namespace
             if document["kind"] == "Role":
                 for rule in document["rules"]:
