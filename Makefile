@@ -14,6 +14,7 @@ help:
 	@echo "make test          install everything into .venv and run every gate and test"
 	@echo "make sandbox-up    start the platform API sandbox and Kubernetes emulator (.sandbox/env)"
 	@echo "make sandbox-down  stop them"
+	@echo "make bench         the collection against the guide's shell scripts (benchmarks/results.md)"
 
 $(STAMP): requirements.txt requirements-test.txt constraints.txt hack/bootstrap.sh
 	bash hack/bootstrap.sh
