@@ -103,6 +103,24 @@ def ansible_env(sandbox: Sandbox | None, extra: dict[str, str] | None = None) ->
     return env
 
 
+def playbook_command(playbook: str | Path, inventory: str | None = None, extra_vars: dict | None = None,
+                     check: bool = False, diff: bool = False, verbosity: int = 0,
+                     args: list[str] | None = None) -> list[str]:
+    """The ansible-playbook command line an operator would type, for subprocess.run or Popen."""
+    cmd = [str(ANSIBLE_PLAYBOOK), str(playbook)]
+    if inventory:
+        cmd += ["-i", inventory]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if verbosity:
+        cmd.append("-" + "v" * verbosity)
+    return cmd + (args or [])
+
+
 @pytest.fixture
 def run_playbook(request: pytest.FixtureRequest, tmp_path: Path):
     """Run ansible-playbook from the repo root against the sandbox the test uses."""
@@ -121,18 +139,7 @@ def run_playbook(request: pytest.FixtureRequest, tmp_path: Path):
             path = tmp_path / f"playbook_{next(counter)}.yml"
             path.write_text(playbook)
             playbook = path
-        cmd = [str(ANSIBLE_PLAYBOOK), str(playbook)]
-        if inventory:
-            cmd += ["-i", inventory]
-        if extra_vars:
-            cmd += ["-e", json.dumps(extra_vars)]
-        if check:
-            cmd.append("--check")
-        if diff:
-            cmd.append("--diff")
-        if verbosity:
-            cmd.append("-" + "v" * verbosity)
-        cmd += args or []
+        cmd = playbook_command(playbook, inventory, extra_vars, check, diff, verbosity, args)
         return subprocess.run(cmd, cwd=REPO, env=ansible_env(active, env), capture_output=True,
                               text=True, timeout=timeout)
 

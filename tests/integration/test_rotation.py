@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ANSIBLE_PLAYBOOK, REPO, ansible_env
+from tests.conftest import REPO, ansible_env, playbook_command
 from tests.sandbox.k8s.__main__ import kubeconfig_text
 from tests.sandbox.seed import Cluster, seed_service, wait_available
 
@@ -157,16 +157,7 @@ class Service:
 
     def command(self, extra_vars: dict[str, Any] | None = None, check: bool = False, diff: bool = False,
                 verbosity: int = 0) -> list[str]:
-        cmd = [str(ANSIBLE_PLAYBOOK), ROTATE, "-i", str(self.inventory)]
-        if extra_vars:
-            cmd += ["-e", json.dumps(extra_vars)]
-        if check:
-            cmd.append("--check")
-        if diff:
-            cmd.append("--diff")
-        if verbosity:
-            cmd.append("-" + "v" * verbosity)
-        return cmd
+        return playbook_command(ROTATE, str(self.inventory), extra_vars, check, diff, verbosity)
 
     def env(self) -> dict[str, str]:
         return ansible_env(self.sandbox, {"KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"})
