@@ -236,8 +236,8 @@ class Service:
 
 
 def outcome(result: subprocess.CompletedProcess, host: str = "svc") -> str:
-    """The role's one-line summary for `host` (the first one printed)."""
-    match = re.search(rf"msg: [\"']?{host}: ([^\n]*(?:\n {{8}}[^\n]*)*)", result.stdout)
+    """The one-line summary for `host` (the first one printed): the role's, or the summary play's list item."""
+    match = re.search(rf"(?:msg: |^ +- )[\"']?{host}: ([^\n]*(?:\n {{8}}[^\n]*)*)", result.stdout, re.MULTILINE)
     assert match, f"no summary line for {host}:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
     # The YAML callback doubles single quotes inside single-quoted scalars.
     return " ".join(part.strip() for part in match.group(1).splitlines()).rstrip("'\"").replace("''", "'")
