@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-SHELL, COLLECTION, PROPOSAL = "shell", "collection", "proposal"
+SHELL, COLLECTION = "shell", "collection"
 CREATE = "POST /api/v1/system-users"
 DEACTIVATE = "POST /api/v1/system-users/{id}/deactivate"
 TOKEN_INFO = "GET /api/v1/system-users/token-info"
@@ -227,8 +227,7 @@ def _where_time_goes(results: dict[str, Any]) -> list[str]:
     for scenario, job, label, who in (("single", "rotate", "one service", COLLECTION),
                                       ("fleet", "rotate", "fleet", COLLECTION),
                                       ("daily", "check", "daily check_expiry.yml", COLLECTION),
-                                      ("daily", "rotate", "daily rotate.yml", COLLECTION),
-                                      ("daily", "check", "daily, proposed batched check", PROPOSAL)):
+                                      ("daily", "rotate", "daily rotate.yml", COLLECTION)):
         runs = sorted((r for r in _runs(results, scenario, who, job) if r.get("tasks")),
                       key=lambda r: r["wall_s"])
         if not runs:
@@ -293,11 +292,6 @@ def markdown(results: dict[str, Any]) -> str:
         if not scenarios["daily"].get("check_expiry_playbook", True):
             out += ["(playbooks/check_expiry.yml does not exist in this checkout: the collection side was not run)", ""]
         out += _table(results, "daily", TIME_ROWS[:1] + TIME_ROWS[3:], job="check") + [""]
-        proposal = metric(results, "daily", PROPOSAL, "wall_s", "check")
-        if proposal:
-            shell = metric(results, "daily", SHELL, "wall_s", "check")
-            out += [("Proposed batched check (`benchmarks/proposals/check_expiry_batched.yml`, not shipped): "
-                     f"wall {_cell(proposal)}; shell ÷ proposal {_ratio_cell(shell, proposal)}."), ""]
         out += [("Shell `cron-rotate-all.sh` (auto-rotate.sh per service, which checks and exits) against "
                 "`playbooks/rotate.yml` with nothing to rotate:"), ""]
         out += _table(results, "daily", TIME_ROWS[:1] + TIME_ROWS[3:], job="rotate") + [""]

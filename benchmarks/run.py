@@ -49,8 +49,6 @@ from benchmarks.harness import (
 
 SHELL = "shell"
 COLLECTION = "collection"
-# benchmarks/proposals/check_expiry_batched.yml: what a batched daily check would cost (not shipped).
-PROPOSAL = "proposal"
 # A rollout of "a fixed few seconds": 2 replicas, one at a time (maxSurge 1, maxUnavailable 0),
 # each pod 1.0 s to start and 0.5 s to become ready. Pods call the API once a second.
 ROLLOUT_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=1.0)
@@ -132,8 +130,6 @@ class Bench:
             return (["bash", str(SHELL_DIR / script), str(listing)],
                     shell_env(sandbox, self.kubectl, self.out / f"{tag}.home"))
         playbook = REPO / "playbooks" / {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
-        if who == PROPOSAL:
-            playbook = REPO / "benchmarks" / "proposals" / "check_expiry_batched.yml"
         inventory = inventory_file(services, self.group_vars, self.out / f"{tag}.inventory.json")
         cmd = [str(VENV_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory)]
         if self.args.forks:
@@ -191,9 +187,9 @@ class Bench:
                  f"{'' if run['ok'] else ' FAILED: ' + '; '.join(run['problems'][:2]) or ''}")
         return run
 
-    def order(self, rep: int, extra: tuple[str, ...] = ()) -> list[str]:
+    def order(self, rep: int) -> list[str]:
         # Alternate who goes first, so a slow spell of the shared machine hits both.
-        chosen = [who for who in (SHELL, COLLECTION, *extra) if who in self.args.contenders]
+        chosen = [who for who in (SHELL, COLLECTION) if who in self.args.contenders]
         return chosen if rep % 2 == 0 else chosen[::-1]
 
     # -- scenarios -----------------------------------------------------------------------------
@@ -233,7 +229,7 @@ class Bench:
             have_check = (REPO / "playbooks" / "check_expiry.yml").exists()
             for rep in range(self.args.daily_reps):
                 for job in ("check", "rotate"):
-                    for who in self.order(rep, extra=(PROPOSAL,) if job == "check" else ()):
+                    for who in self.order(rep):
                         if who == COLLECTION and job == "check" and not have_check:
                             continue
                         runs.append({"rep": rep, **self.measure(who, job, sandbox, services,
@@ -275,8 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet-reps", type=int, default=2)
     parser.add_argument("--daily-reps", type=int, default=2)
     parser.add_argument("--contenders", default="shell,collection",
-                        help="comma-separated: shell, collection, proposal (the batched check of benchmarks/proposals, "
-                             "daily check only); default shell,collection")
+                        help="comma-separated: shell, collection; default both")
     parser.add_argument("--fleet-size", type=int, default=50)
     parser.add_argument("--daily-size", type=int, default=500)
     parser.add_argument("--forks", type=int, default=20,
@@ -298,8 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily")
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    if not args.contenders or set(args.contenders) - {SHELL, COLLECTION, PROPOSAL}:
-        parser.error("--contenders takes shell, collection and proposal, separated by commas")
+    if not args.contenders or set(args.contenders) - {SHELL, COLLECTION}:
+        parser.error("--contenders takes shell and collection, separated by a comma")
     if args.quick:
         args.single_reps = args.fleet_reps = args.daily_reps = 1
         args.fleet_size, args.daily_size = min(args.fleet_size, 3), min(args.daily_size, 10)
