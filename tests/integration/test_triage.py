@@ -137,3 +137,33 @@ def test_a_failed_batch_lookup_leaves_the_services_to_the_role(sandbox: Any, tmp
     assert _role_hosts(result) == {"fresh"}
     assert outcome(result, "fresh") == "not due (29 days left)"
     assert sandbox.api("GET", "/_sandbox/faults").json()["data"] == []  # used up: the triage did get the error
+
+
+def test_a_variable_that_cannot_be_templated_fails_its_service_alone(sandbox: Any, tmp_path: Path) -> None:
+    fresh = Service(sandbox, tmp_path, expires_in_days=30)
+    fleet = _fleet({"fresh": (fresh, {}),
+                    "undefined": (fresh, {"credential_rotation_description": "{{ no_such_variable }}"}),
+                    # Not even parseable: the triage itself stops, and every service goes to the role.
+                    "unparsable": (fresh, {"credential_rotation_description": "{{ ( }}"})}, tmp_path)
+
+    result = _run(sandbox, ROTATE, fleet)
+
+    assert result.returncode != 0
+    assert _role_hosts(result) == {"fresh"}  # the other two stop at the role's argument validation
+    assert outcome(result, "fresh") == "not due (29 days left)"
+    assert "no_such_variable" in result.stdout
+    assert "Credential rotation of fresh failed" not in " ".join(result.stdout.split())
+    for host in ("undefined", "unparsable"):
+        assert re.search(rf"^{host}\s+:.*failed=1", result.stdout, re.MULTILINE), result.stdout[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert [u["id"] for u in fresh.active_users()] == [fresh.original_id]
+
+    # Without the unparsable one, the triage runs and settles fresh; undefined still fails in the role.
+    del_unparsable = _fleet({"fresh": (fresh, {}),
+                             "undefined": (fresh, {"credential_rotation_description": "{{ no_such_variable }}"})},
+                            tmp_path)
+    settled = _run(sandbox, ROTATE, del_unparsable)
+    assert settled.returncode != 0
+    assert _role_hosts(settled) == set()
+    assert outcome(settled, "fresh") == "not due (29 days left)"
+    assert re.search(r"^undefined\s+:.*failed=1", settled.stdout, re.MULTILINE), settled.stdout[-2000:]
