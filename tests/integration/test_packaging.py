@@ -229,7 +229,7 @@ def test_every_troubleshooting_message_exists_in_the_code() -> None:
     messages = _troubleshooting_messages()
     assert len(messages) >= 15, f"only {len(messages)} messages parsed from {TROUBLESHOOTING.name}"
     sources = {
-        "role": _normalized_sources("roles/credential_rotation/tasks/*.yml"),
+        "role": _normalized_sources("roles/credential_rotation/tasks/*.yml", "roles/credential_rotation/vars/*.yml"),
         "module": _normalized_sources("plugins/module_utils/*.py", "plugins/modules/*.py"),
     }
     stale = []
