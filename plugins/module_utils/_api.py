@@ -61,6 +61,9 @@ MAX_PAGES = 1000  # 100,000 users: beyond that, a paging bug on the server rathe
 CLOCK_SLACK_SECONDS = 2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 EXPIRES_IN_DAYS_RANGE = (1, 365)
+# Requests in flight at once for the list options (ids, users, tokens): enough to hide the
+# latency of a fleet's calls, few enough not to look like a flood to the platform.
+MAX_CONCURRENCY = 16
 
 # Both token kinds of the platform, so that a token echoed by a proxy or by the API itself is
 # scrubbed from messages even when this process never held it.
@@ -72,7 +75,9 @@ REDACTED = "<redacted>"
 class XapiError(Exception):
     """An expected failure, worded as one sentence for the operator.
 
-    ``details`` are extra, token-free keys for the module result (e.g. ids an operator must act on).
+    ``details`` are extra keys for the module result (e.g. ids an operator must act on). They hold no
+    token, except the per-item ``results`` of system_user's list form, which carry the tokens of the
+    users created before another item failed (its action plugin hides such a result).
     """
 
     def __init__(self, msg: str, status: int | None = None, code: str | None = None, **details: Any) -> None:
@@ -329,7 +334,8 @@ class XapiClient:
                 raise_on_redirect=False,
             ),
             pool_connections=1,
-            pool_maxsize=1,
+            # One connection per concurrent create: the list form of system_user sends several at once.
+            pool_maxsize=max(pool_maxsize, 1),
         )
         # requests picks the adapter with the longest matching prefix: the create URL is exactly
         # USERS_PATH, while ids and list queries continue with "/" or "?".
@@ -733,8 +739,38 @@ def client_from_module(module: AnsibleModule, *, pool_maxsize: int = 10, token_r
         timeout=params["timeout"],
         retries=params["retries"],
         pool_maxsize=pool_maxsize,
-        secrets=[v for v in (params.get("token"),) if isinstance(v, str)],
+        secrets=[v for v in (params.get("token"), *(params.get("tokens") or ())) if isinstance(v, str)],
     )
+
+
+def map_items(work: Callable[[Any], dict[str, Any]], items: list[Any],
+              max_workers: int = MAX_CONCURRENCY) -> list[tuple[Any, dict[str, Any] | XapiError]]:
+    """``(item, work(item))`` for every item, at most ``max_workers`` at a time, in the order of ``items``.
+
+    An expected failure of one item (XapiError) takes the place of that item's answer instead of
+    stopping the others, so a list option can report every item. Anything else is a bug and is
+    raised as it is.
+    """
+
+    def one(item: Any) -> tuple[Any, dict[str, Any] | XapiError]:
+        try:
+            return item, work(item)
+        except XapiError as exc:
+            return item, exc
+
+    workers = min(max_workers, len(items))
+    if workers <= 1:
+        return [one(item) for item in items]
+    # Imported here: a module run on one item should not pay for it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, items))
+
+
+def pool_size_for(count: int) -> int:
+    """The HTTP connection pool that ``count`` items handled by :func:`map_items` keep busy."""
+    return min(MAX_CONCURRENCY, count) or 1
 
 
 def run_module(module: AnsibleModule, work: Callable[[], dict[str, Any]]) -> None:
