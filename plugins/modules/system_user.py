@@ -12,6 +12,8 @@ version_added: 0.1.0
 description:
   - Ensures that an active system user with the given O(name) exists on the platform, creating it
     when there is none.
+  - With O(users) instead of O(name), does the same for a whole list of system users in one module
+    run, up to 16 at a time over one connection pool, and reports each in RV(results).
   - An active system user of that name means no change; it is returned as it is (the platform has
     no update call, so O(description) and O(expires_in_days) only apply to a new user).
   - On creation the module returns the new user's token. The platform reveals a token only once,
@@ -22,6 +24,10 @@ description:
     all, its token is lost, so the module deactivates that orphan and creates the user once more.
     If that answer is lost as well, the second orphan is deactivated too and the module fails.
     Either way at most one active user of that name results, and its token is the one returned.
+  - With O(users), every item is checked before any call (a bad item fails the task and changes
+    nothing), then each is ensured as with O(name). An item that fails does not stop the others;
+    the task then fails with every item's outcome still in RV(results), so a task with
+    C(failed_when=false) can store the tokens of the users that were created.
 author:
   - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
@@ -31,10 +37,13 @@ attributes:
     description: Can run in check mode and return the changed status prediction without modifying the platform.
     support: full
     details:
-      - Looks the name up (read-only calls) and reports what it would create; sends no create.
+      - Looks the name (or each name of O(users)) up (read-only calls) and reports what it would create;
+        sends no create.
   diff_mode:
     description: Returns details on what has changed (or would change in check mode) when in diff mode.
     support: full
+    details:
+      - With O(users), the diff is a list with one entry per item that was ensured, each headed by its name.
   action_group:
     description: Use C(group/xapi.system_auth.api) in C(module_defaults) to set the connection options once.
     support: full
@@ -45,15 +54,42 @@ options:
     description:
       - Name of the system user; the platform allows one active user per name.
       - 1 to 128 characters out of letters, digits, V(.), V(_) and V(-).
+      - Exactly one of O(name) and O(users) is required.
     type: str
-    required: true
+  users:
+    description:
+      - Several system users to ensure in one module run, instead of O(name); each item is ensured
+        as O(name) would be, and reported in RV(results) in the order given.
+      - Names must be unique within the list.
+      - An empty list does nothing.
+      - Mutually exclusive with O(name) and O(description); the top-level O(expires_in_days) does not
+        apply to the items, each has its own.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - Name of the system user, as O(name).
+        type: str
+        required: true
+      description:
+        description:
+          - Free-text description stored with it if it is created.
+        type: str
+      expires_in_days:
+        description:
+          - Lifetime of its token in days if it is created, between 1 and 365.
+        type: int
+        default: 90
   description:
     description:
       - Free-text description stored with a new system user.
+      - Only with O(name); each item of O(users) has its own.
     type: str
   expires_in_days:
     description:
       - Lifetime of a new system user's token in days, between 1 and 365.
+      - Only with O(name); each item of O(users) has its own.
     type: int
     default: 90
   state:
@@ -69,6 +105,8 @@ notes:
   - A module cannot hide its own result from Ansible's output (only the task can), so without
     C(no_log=true) on the task the token is printed with the result in verbose runs and by
     callbacks that show results. Set C(no_log=true) on every task that calls this module.
+  - The collection's action plugin hides a result that carries a token (at the top or in any item of
+    RV(results)) even when the task forgot C(no_log); the registered variable still holds it.
 seealso:
   - module: xapi.system_auth.system_user_info
   - module: xapi.system_auth.system_user_deactivate
@@ -101,6 +139,24 @@ EXAMPLES = r"""
     - name: Show what was created, without the token
       ansible.builtin.debug:
         msg: "{{ billing_user.system_user.id }} expires {{ billing_user.system_user.expires_at }}"
+
+- name: Ensure the credentials of a whole fleet in one module run
+  xapi.system_auth.system_user:
+    users:
+      - name: billing-service-20261203
+        description: Rotated credential of the billing service
+      - name: orders-service-20261203
+        expires_in_days: 30
+  register: fleet_users
+  failed_when: false  # keep the tokens of the users created even if another item failed
+  no_log: true  # the items of results hold the new tokens
+
+- name: Say which items failed, without any token
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: {{ item.msg }}"
+  loop: "{{ fleet_users.results | selectattr('failed') }}"
+  loop_control:
+    label: "{{ item.name }}"
 """
 
 RETURN = r"""
@@ -109,7 +165,7 @@ system_user:
     - The active system user of that name, as the platform returns it, plus the derived
       RV(system_user.days_remaining) and RV(system_user.expired). Never contains the token.
     - In check mode when it would be created, what would be created (RV(system_user.id) is V(null)).
-  returned: success
+  returned: success, with O(name)
   type: dict
   contains:
     id:
@@ -166,16 +222,20 @@ token:
   description:
     - The new system user's token.
     - Returned only on creation; the platform never reveals it again. Use C(no_log=true) on the task.
-  returned: when the system user was created (not in check mode)
+  returned: when the system user was created with O(name) (not in check mode)
   type: str
   sample: xsu_EXAMPLE-not-a-real-token
 token_fingerprint:
   description: First 8 hex characters of the SHA-256 of RV(token), safe to log and compare.
-  returned: when the system user was created (not in check mode)
+  returned: when the system user was created with O(name) (not in check mode)
   type: str
   sample: 3fa1c09e
 msg:
-  description: What the module did, in one sentence, without the token.
+  description:
+    - What the module did, in one sentence, without the token.
+    - "With O(users), a count of what happened; when an item failed, how many failed and the first
+      one's error, for example V(could not create 2 of 50 system users; first: billing-service-20261203:
+      ...)."
   returned: always
   type: str
   sample: created system user billing-service-20261203 (su_4f9c2a7d1e3b5a6c8d0e2f41), token fingerprint 3fa1c09e
@@ -183,21 +243,101 @@ orphaned_ids:
   description:
     - Ids of users the platform created while the answer was lost, and that the module deactivated
       because their tokens are unknown.
-  returned: when a create answer was lost
+  returned: when a create answer was lost, with O(name)
   type: list
   elements: str
   sample: [su_0a1b2c3d4e5f60718293a4b5]
+results:
+  description:
+    - With O(users), one entry per item, in the order given, also when the task fails because an
+      item failed.
+    - Entries of created users hold their tokens; use C(no_log=true) on the task.
+  returned: when O(users) is given and every item passed the input checks
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name of the system user.
+      type: str
+      returned: always
+      sample: billing-service-20261203
+    changed:
+      description:
+        - Whether it was created (or would be, in check mode).
+        - For a failed item, whether users were created and deactivated again on the way (see
+          RV(results[].orphaned_ids)).
+      type: bool
+      returned: always
+      sample: true
+    failed:
+      description: Whether this item failed.
+      type: bool
+      returned: always
+      sample: false
+    msg:
+      description: What was done for this item, or why it failed, in one sentence without a token.
+      type: str
+      returned: always
+      sample: created system user billing-service-20261203 (su_4f9c2a7d1e3b5a6c8d0e2f41), token fingerprint 3fa1c09e
+    system_user:
+      description: The active system user of that name, with the same fields as RV(system_user).
+      type: dict
+      returned: when the item succeeded
+      sample:
+        id: su_4f9c2a7d1e3b5a6c8d0e2f41
+        name: billing-service-20261203
+        active: true
+        expires_at: "2027-03-03T02:00:05Z"
+        days_remaining: 89
+        expired: false
+    token:
+      description: The new user's token, as RV(token).
+      type: str
+      returned: when the item's user was created (not in check mode)
+      sample: xsu_EXAMPLE-not-a-real-token
+    token_fingerprint:
+      description: First 8 hex characters of the SHA-256 of RV(results[].token).
+      type: str
+      returned: when the item's user was created (not in check mode)
+      sample: 3fa1c09e
+    orphaned_ids:
+      description: As RV(orphaned_ids), for this item.
+      type: list
+      elements: str
+      returned: when the item failed after a lost create answer left users it deactivated
+      sample: [su_0a1b2c3d4e5f60718293a4b5]
+diff:
+  description:
+    - In diff mode with O(users), a list of one C(before)/C(after) pair per item that succeeded, each
+      with C(before_header) and C(after_header) set to the item's name; C(before) is empty for a
+      user that was (or would be) created.
+    - With O(name), the usual single C(before)/C(after) pair.
+  returned: in diff mode
+  type: raw
+  sample:
+    - before_header: billing-service-20261203
+      after_header: billing-service-20261203
+      before: {}
+      after:
+        name: billing-service-20261203
+        description: Rotated credential of the billing service
+        active: true
+        expires_at: "2027-03-03T02:00:05Z"
 """
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     XapiClient,
+    XapiError,
     client_from_module,
     describe_user,
     fingerprint,
     format_time,
+    map_items,
     new_module,
+    pool_size_for,
     run_module,
     validate_expires_in_days,
     validate_name,
@@ -255,18 +395,99 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
     return result
 
 
+def validate_users(users: list[dict]) -> list[dict]:
+    """The items of ``users``, checked all at once before any call; the first bad one is one sentence."""
+    first_seen: dict[str, int] = {}
+    items = []
+    for n, item in enumerate(users):
+        name = validate_name(item.get("name"), option=f"users[{n}].name")
+        try:
+            validate_expires_in_days(item["expires_in_days"])
+        except XapiError as exc:
+            raise XapiError(f"users[{n}] ({name}): {exc.msg}") from None
+        if name in first_seen:
+            raise XapiError(f"users[{n}] repeats the name {name} of users[{first_seen[name]}]: list each system "
+                            "user once.")
+        first_seen[name] = n
+        items.append({"name": name, "description": item.get("description"),
+                      "expires_in_days": item["expires_in_days"]})
+    return items
+
+
+def _item_result(client: XapiClient, name: str, outcome: dict | XapiError) -> dict:
+    if isinstance(outcome, XapiError):
+        orphans = [str(i) for i in outcome.details.get("orphaned_ids") or () if i]
+        entry: dict = {"name": name, "changed": bool(orphans), "failed": True, "msg": client.redact(outcome.msg)}
+        if orphans:
+            entry["orphaned_ids"] = orphans
+        return entry
+    entry = {"name": name, "changed": outcome["changed"], "failed": False, "msg": outcome["msg"],
+             "system_user": outcome["system_user"]}
+    if "token" in outcome:
+        entry["token"] = outcome["token"]
+        entry["token_fingerprint"] = outcome["token_fingerprint"]
+    return entry
+
+
+def ensure_all_present(client: XapiClient, items: list[dict], check_mode: bool, diff: bool,
+                       warn: Callable[[str], None]) -> dict:
+    """ensure_present for every (validated) item, concurrently; every item's outcome in ``results``."""
+    outcomes = map_items(lambda item: ensure_present(client, item, check_mode, diff), items)
+    results = [_item_result(client, item["name"], outcome) for item, outcome in outcomes]
+    for _item, outcome in outcomes:
+        if isinstance(outcome, dict):
+            for warning in outcome.get("warnings", ()):
+                warn(warning)
+
+    result: dict = {"changed": any(entry["changed"] for entry in results), "results": results}
+    if diff:
+        result["diff"] = [dict(outcome["diff"], before_header=item["name"], after_header=item["name"])
+                          for item, outcome in outcomes if isinstance(outcome, dict)]
+    failed = [entry for entry in results if entry["failed"]]
+    if failed:
+        raise XapiError(f"could not create {len(failed)} of {len(results)} system users; first: "
+                        f"{failed[0]['name']}: {failed[0]['msg']}", **result)
+
+    created = sum(1 for entry in results if entry["changed"])
+    verb = "would be created" if check_mode else "created"
+    result["msg"] = f"{len(results)} system users ensured: {created} {verb}, {len(results) - created} already active"
+    return result
+
+
 def main() -> None:
     module = new_module(
         {
-            "name": {"type": "str", "required": True},
+            "name": {"type": "str"},
+            "users": {
+                "type": "list",
+                "elements": "dict",
+                "options": {
+                    "name": {"type": "str", "required": True},
+                    "description": {"type": "str"},
+                    "expires_in_days": {"type": "int", "default": 90},
+                },
+            },
             "description": {"type": "str"},
             "expires_in_days": {"type": "int", "default": 90},
             "state": {"type": "str", "default": "present", "choices": ["present"]},
         },
+        mutually_exclusive=[("name", "users"), ("users", "description")],
+        required_one_of=[("name", "users")],
         supports_check_mode=True,
     )
-    run_module(module, lambda: ensure_present(client_from_module(module), module.params, module.check_mode,
-                                              module._diff))
+    params = module.params
+    if params["users"] is None:
+        run_module(module, lambda: ensure_present(client_from_module(module), params, module.check_mode,
+                                                  module._diff))
+        return
+
+    def work() -> dict:
+        # Every item is checked before the first call: one bad item changes nothing.
+        items = validate_users(params["users"])
+        client = client_from_module(module, pool_maxsize=pool_size_for(len(items)))
+        return ensure_all_present(client, items, module.check_mode, module._diff, module.warn)
+
+    run_module(module, work)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 system_user returns the new token, and a module cannot hide its own result from Ansible's
 output: only the calling task's ``no_log: true`` can. This walks every task file, playbook and
 documented example the collection ships and fails on a system_user task that could print a token.
+
+The action plugin is the second line: it marks a result that carries a token as no_log, and (since
+Ansible keeps the items of a top-level ``results`` list through censoring unless each is marked)
+each item of the list form's ``results`` that carries one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ansible_collections.xapi.system_auth.plugins.action.system_user import carries_token, hide_secrets
 from tests.unit.helpers import REPO
 
 CREATING_MODULES = {"xapi.system_auth.system_user", "system_user"}
@@ -104,7 +109,7 @@ def test_the_guard_finds_the_creating_tasks_it_must_check() -> None:
         for task, _no_log in _tasks(document)
         if CREATING_MODULES & set(task)
     ]
-    assert creating.count("plugins/modules/system_user.py EXAMPLES") == 2
+    assert creating.count("plugins/modules/system_user.py EXAMPLES") == 3
     assert any(where.startswith("roles/") for where in creating), "the rotation role creates credentials"
 
 
@@ -114,3 +119,37 @@ def test_every_system_user_task_has_no_log(source: tuple[str, str]) -> None:
     documents = list(yaml.load_all(text, Loader=_Loader))
     offenders = [name for document in documents for name in _offenders(document)]
     assert not offenders, f"{where}: system_user tasks without no_log: true: {offenders}"
+
+
+TOKEN = "xsu_" + "t" * 43
+
+
+def test_the_action_plugin_hides_a_top_level_token() -> None:
+    result = hide_secrets({"changed": True, "token": TOKEN, "system_user": {"id": "su_1"}})
+    assert result["_ansible_no_log"] is True and result["token"] == TOKEN
+
+
+def test_the_action_plugin_hides_every_item_that_carries_a_token() -> None:
+    result = hide_secrets({"changed": True, "failed": True, "results": [
+        {"name": "a", "changed": True, "failed": False, "token": TOKEN},
+        {"name": "b", "changed": False, "failed": False},
+        {"name": "c", "changed": False, "failed": True, "msg": "refused"},
+    ]})
+    assert carries_token(result) and result["_ansible_no_log"] is True
+    assert [item.get("_ansible_no_log", False) for item in result["results"]] == [True, False, False]
+    # The registered variable keeps the token for the task that stores it.
+    assert result["results"][0]["token"] == TOKEN
+
+
+def test_the_action_plugin_hides_every_item_under_the_tasks_no_log() -> None:
+    result = hide_secrets({"changed": False, "results": [{"name": "a"}, {"name": "b"}]}, task_no_log=True)
+    assert "_ansible_no_log" not in result
+    assert all(item["_ansible_no_log"] is True for item in result["results"])
+
+
+def test_the_action_plugin_leaves_a_result_without_a_token_visible() -> None:
+    for result in ({"changed": False, "system_user": {"id": "su_1"}}, {"changed": False, "results": []},
+                   {"changed": False, "results": [{"name": "a", "token_fingerprint": "3fa1c09e"}]},
+                   {"failed": True, "msg": "bad", "results": "not a list"}):
+        assert not carries_token(result)
+        assert "_ansible_no_log" not in hide_secrets(result)
