@@ -11,10 +11,13 @@ short_description: Look up platform system users and the expiry of their tokens
 version_added: 0.1.0
 description:
   - Looks system users up by O(id) (one or many, fetched concurrently over one connection pool),
-    by O(name), by a O(token) itself, or lists them all.
+    by O(name), by a O(token) itself, by a list of O(tokens), or lists them all.
   - Each user comes with C(days_remaining) and C(expired), computed by the platform's clock.
   - With O(token), the platform's C(token-info) call answers with the token's own user, so a service
     that holds only its token can learn its id and expiry; no admin O(api_token) is needed then.
+  - With O(tokens), each token is looked up (and verified, with O(verify_access)) as O(token) would
+    be, up to 16 at a time, and reported in RV(results) without the token itself; the task fails when
+    any token was not accepted, with every token's outcome still in RV(results).
 author:
   - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
@@ -50,6 +53,15 @@ options:
       - A system user's token; return the user it belongs to, asking the platform with that token.
       - O(api_token) is not needed in this mode.
     type: str
+  tokens:
+    description:
+      - Several system users' tokens, each looked up as O(token) is, in one module run.
+      - Each outcome is in RV(results), in the order given; the users found are in RV(system_users).
+      - An empty string in the list fails the task before any call. An empty list does nothing.
+      - O(api_token) is not needed in this mode.
+      - Mutually exclusive with O(id), O(name), O(token) and O(active).
+    type: list
+    elements: str
   active:
     description:
       - Only return active (V(true)) or inactive (V(false)) users. Applies to O(name) and to listing all.
@@ -57,6 +69,7 @@ options:
   verify_access:
     description:
       - With O(token), also call an ordinary API route (the tenants list) with it, and fail if it is refused.
+      - With O(tokens), the same for each token; a refused one is a failed item of RV(results).
     type: bool
     default: false
   wait_timeout:
@@ -64,10 +77,13 @@ options:
       - With O(token), keep retrying for up to this many seconds, with backoff, while the platform
         answers 401; platforms can take a while before a new token is accepted everywhere.
       - V(0) fails at the first 401.
+      - With O(tokens), each token may wait this long; they wait side by side, up to 16 at a time.
     type: float
     default: 0
 notes:
   - Always returns C(changed=false).
+  - Ansible takes a top-level C(results) list for the results of a loop, so it shows the items of
+    RV(results) even when the task has C(no_log=true); they never hold a token.
 seealso:
   - module: xapi.system_auth.system_user
   - module: xapi.system_auth.system_user_deactivate
@@ -100,6 +116,20 @@ EXAMPLES = r"""
   register: own
   no_log: false  # the token option is no_log already; the result holds no token
 
+- name: Check that every service's new token works, in one module run
+  xapi.system_auth.system_user_info:
+    api_url: https://platform.example.com
+    tokens: "{{ services | map(attribute='new_token') }}"
+    verify_access: true
+    wait_timeout: 60
+  register: verified
+  failed_when: false  # look at each item instead
+
+- name: Report the tokens the platform did not accept (by fingerprint, never the token)
+  ansible.builtin.debug:
+    msg: "token {{ item.token_fingerprint }}: {{ item.msg }}"
+  loop: "{{ verified.results | selectattr('failed') }}"
+
 - name: Every active system user
   xapi.system_auth.system_user_info:
     active: true
@@ -112,6 +142,7 @@ system_users:
     - The system users found, each as the platform returns it plus the derived C(days_remaining)
       and C(expired). Never contains a token.
     - In the order of O(id) when ids were given; newest first otherwise.
+    - With O(tokens), the users of the accepted tokens, in the order of the tokens, each once.
   returned: always
   type: list
   elements: dict
@@ -181,22 +212,71 @@ access_verified:
   returned: when O(token) is given
   type: bool
   sample: true
+results:
+  description:
+    - With O(tokens), one entry per token, in the order given, also when the task fails because a
+      token was not accepted. An entry never holds the token, only its fingerprint.
+  returned: when O(tokens) is given and none of them is empty
+  type: list
+  elements: dict
+  contains:
+    failed:
+      description: Whether the token was not accepted (lookup or access check refused, or another error).
+      type: bool
+      returned: always
+      sample: false
+    msg:
+      description: Why the token was not accepted, in one sentence without a token.
+      type: str
+      returned: when the item failed
+      sample: "the API token was rejected: expired, deactivated or wrong."
+    system_user:
+      description: The user the token belongs to (the same fields as an item of RV(system_users)).
+      type: dict
+      returned: when the item succeeded
+      sample:
+        id: su_4f9c2a7d1e3b5a6c8d0e2f41
+        name: billing-service-20261203
+        active: true
+        expires_at: "2027-03-03T02:00:05Z"
+        days_remaining: 89
+        expired: false
+    access_verified:
+      description: V(true) when O(verify_access=true) and an ordinary API call with the token succeeded.
+      type: bool
+      returned: always
+      sample: true
+    token_fingerprint:
+      description: First 8 hex characters of the SHA-256 of the token, safe to log and compare.
+      type: str
+      returned: always
+      sample: 3fa1c09e
+msg:
+  description:
+    - "With O(tokens), how many tokens were accepted; when some were not, how many and the first one's
+      error, as V(2 of 50 tokens were not accepted; first: token 3fa1c09e: ...)."
+    - On any other failure, the reason in one sentence.
+  returned: with O(tokens), and on failure
+  type: str
+  sample: 50 tokens accepted
 """
 
 import time
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
+    MAX_CONCURRENCY,
     XapiClient,
     XapiError,
     client_from_module,
     describe_user,
+    fingerprint,
+    map_items,
     new_module,
+    pool_size_for,
     run_module,
     validate_id,
     validate_name,
 )
-
-MAX_CONCURRENCY = 16
 
 
 def _unique(values: list[str]) -> list[str]:
@@ -249,9 +329,45 @@ def by_token(client: XapiClient, token: str, verify_access: bool, wait_timeout: 
             "access_verified": bool(verify_access)}
 
 
+def validate_tokens(tokens: list[str]) -> list[str]:
+    for n, token in enumerate(tokens):
+        if not token.strip():
+            raise XapiError(f"tokens[{n}] is empty: pass each system user's token, and leave out services that "
+                            "have none.")
+    return tokens
+
+
+def by_tokens(client: XapiClient, tokens: list[str], verify_access: bool, wait_timeout: float) -> dict:
+    """by_token for every token (each distinct one asked once), concurrently; every outcome in ``results``."""
+    distinct = _unique(tokens)
+    outcomes = dict(map_items(lambda t: by_token(client, t, verify_access, wait_timeout), distinct))
+    results = []
+    users: dict[str, dict] = {}
+    for token in tokens:
+        outcome = outcomes[token]
+        if isinstance(outcome, XapiError):
+            results.append({"failed": True, "msg": client.redact(outcome.msg), "access_verified": False,
+                            "token_fingerprint": fingerprint(token)})
+            continue
+        user = outcome["system_user"]
+        users.setdefault(str(user.get("id")), user)
+        results.append({"failed": False, "system_user": user, "access_verified": outcome["access_verified"],
+                        "token_fingerprint": fingerprint(token)})
+
+    result = {"changed": False, "results": results, "system_users": list(users.values()), "missing_ids": []}
+    failed = [entry for entry in results if entry["failed"]]
+    if failed:
+        raise XapiError(f"{len(failed)} of {len(results)} tokens were not accepted; first: token "
+                        f"{failed[0]['token_fingerprint']}: {failed[0]['msg']}", **result)
+    result["msg"] = f"{len(results)} tokens accepted" + (", access verified" if verify_access else "")
+    return result
+
+
 def lookup(client: XapiClient, params: dict) -> dict:
     if params["id"] is not None:
         return by_ids(client, params["id"])
+    if params["tokens"] is not None:
+        return by_tokens(client, params["tokens"], params["verify_access"], params["wait_timeout"])
     if params["token"] is not None:
         if not params["token"].strip():
             raise XapiError("token must not be empty: pass the system user's token.")
@@ -271,23 +387,27 @@ def main() -> None:
             "id": {"type": "list", "elements": "str"},
             "name": {"type": "str"},
             "token": {"type": "str", "no_log": True},
+            "tokens": {"type": "list", "elements": "str", "no_log": True},
             "active": {"type": "bool"},
             "verify_access": {"type": "bool", "default": False},
             "wait_timeout": {"type": "float", "default": 0},
         },
-        mutually_exclusive=[("id", "name", "token"), ("active", "id"), ("active", "token")],
+        mutually_exclusive=[("id", "name", "token", "tokens"), ("active", "id"), ("active", "token"),
+                            ("active", "tokens")],
         supports_check_mode=True,
     )
     params = module.params
 
     def work() -> dict:
-        uses_token = params["token"] is not None
+        uses_token = params["token"] is not None or params["tokens"] is not None
         if not uses_token and (params["verify_access"] or params["wait_timeout"]):
-            raise XapiError("verify_access and wait_timeout apply to a token lookup only: also set token.")
+            raise XapiError("verify_access and wait_timeout apply to token lookups only: also set token or tokens.")
         if params["wait_timeout"] < 0:
             raise XapiError(f"wait_timeout must be 0 or more seconds, got {params['wait_timeout']:g}.")
-        pool = min(MAX_CONCURRENCY, len(params["id"] or ())) or 1
-        client = client_from_module(module, pool_maxsize=pool, token_required=not uses_token)
+        if params["tokens"] is not None:
+            validate_tokens(params["tokens"])
+        client = client_from_module(module, pool_maxsize=pool_size_for(len(params["id"] or params["tokens"] or ())),
+                                    token_required=not uses_token)
         return lookup(client, params)
 
     run_module(module, work)
