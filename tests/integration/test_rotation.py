@@ -45,7 +45,9 @@ class Service:
     """One seeded service and the means to inspect it from the outside."""
 
     def __init__(self, sandbox: Any, tmp_path: Path, strategy: str = "restart", expires_in_days: int = 5,
-                 replicas: int = 2, host_vars: dict[str, Any] | None = None) -> None:
+                 replicas: int = 2, host_vars: dict[str, Any] | None = None, batch: bool = False) -> None:
+        """A service due in ``expires_in_days``. Without ``batch``, rotate.yml hands it to the role rather
+        than to the fleet batch, so these tests pin the role's own steps (test_fleet.py tests the batch)."""
         self.sandbox = sandbox
         # Unique across modules that import this one (pytest may load it twice) and across sessions.
         self.namespace = f"rot{next(_names)}-{uuid.uuid4().hex[:6]}"
@@ -81,6 +83,7 @@ class Service:
             "credential_rotation_usage_timeout": 30,
             "credential_rotation_reload_interval": 1,
             "credential_rotation_kubelet_sync_delay": 2,
+            "credential_rotation_batch": batch,
             **(host_vars or {}),
         }
         self.inventory.write_text(yaml.safe_dump({"services": {"hosts": {self.name: variables}}}))

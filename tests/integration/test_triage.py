@@ -34,10 +34,11 @@ def _fleet(services: dict[str, tuple[Service, dict[str, Any]]], tmp_path: Path) 
 
 
 def _run(sandbox: Any, playbook: str, inventory: str, extra_vars: dict[str, Any] | None = None,
-         check: bool = False, verbosity: int = 0) -> subprocess.CompletedProcess:
+         check: bool = False, verbosity: int = 0, diff: bool = False) -> subprocess.CompletedProcess:
     # Several namespaces in one run: the sandbox's admin kubeconfig (the grants are tested per service
     # in test_rotation.py, whose second run goes through the triage with deploy/rbac.yml's Role).
-    return subprocess.run(playbook_command(playbook, inventory, extra_vars, check=check, verbosity=verbosity),
+    return subprocess.run(playbook_command(playbook, inventory, extra_vars, check=check, diff=diff,
+                                           verbosity=verbosity),
                           cwd=REPO, env=ansible_env(sandbox, {"KUBECONFIG": sandbox.kubeconfig}),
                           capture_output=True, text=True, timeout=600)
 
