@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def test_due_services_are_rotated_together_as_the_role_would(sandbox: Any, tmp_p
     assert recap(again, "fresh")["changed"] == 0
 
 
-def test_the_batch_works_within_the_documented_grants_and_check_mode_changes_nothing(
+def test_the_batch_works_within_the_documented_grants_sweeps_orphans_and_skips_check_mode(
         sandbox: Any, tmp_path: Path) -> None:
     # Service.rotate uses a kubeconfig bound to deploy/rbac.yml's Role for this service's names only.
     service = Service(sandbox, tmp_path, batch=True)
@@ -115,10 +116,19 @@ def test_the_batch_works_within_the_documented_grants_and_check_mode_changes_not
     assert outcome(preview).startswith("would rotate (")
     assert service.secret() == before
 
+    # An orphan an earlier run left (a user of this Secret's name pattern and description, unreferenced).
+    orphan = sandbox.api("POST", "/api/v1/system-users", json={
+        "name": f"{service.prefix}-20260101000000", "expires_in_days": 30,
+        "description": f"Managed by xapi.system_auth.credential_rotation for Secret "
+                       f"{service.namespace}/{service.secret_name}"})
+    assert orphan.status_code == 201, orphan.text
+    orphan_id = orphan.json()["data"]["id"]
+
     result = service.rotate()
 
     assert result.returncode == 0, result.stdout[-3000:]
     assert BATCH in result.stdout and _role_hosts(result) == set()
+    assert outcome(result).endswith(f"expires in 90 days, deactivated 1 orphaned credential(s): {orphan_id})")
     new_id = service.assert_rotated_cleanly(service.original_id)
     service.assert_no_failed_requests(service.original_id, new_id)
 
@@ -212,6 +222,21 @@ def test_a_held_lock_keeps_a_service_out_of_the_batch(sandbox: Any, tmp_path: Pa
     assert _role_hosts(result) == {"svc"}
     assert outcome(result).startswith(f"skipped (another run holds the rotation lock ({holder} until ")
     assert [u["id"] for u in service.active_users()] == [service.original_id]
+
+
+def test_an_audit_log_the_batch_cannot_write_fails_the_run(sandbox: Any, tmp_path: Path) -> None:
+    service = Service(sandbox, tmp_path, batch=True)
+    unwritable = tmp_path / "no-such-directory" / "audit.jsonl"
+
+    result = service.rotate({"credential_rotation_audit_log": str(unwritable)})
+
+    assert result.returncode != 0, "a rotation without its audit record must not pass unnoticed"
+    summary = outcome(result)
+    assert summary.startswith(f"failed ({service.original_id} -> "), summary
+    assert f"it was rotated, but its audit record could not be written to {unwritable}" in summary
+    assert re.search(r"^svc\s+:.*failed=1", result.stdout, re.MULTILINE), result.stdout[-2000:]
+    new_id = service.assert_rotated_cleanly(service.original_id)
+    service.assert_no_failed_requests(service.original_id, new_id)
 
 
 # The banner of the batch's task during which the run dies, in the order the steps run: every write
