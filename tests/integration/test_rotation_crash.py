@@ -34,26 +34,17 @@ BOUNDARIES = [
 SHORT_LOCK = {"credential_rotation_lock_duration": 5}
 
 
-def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
-    directory.mkdir()
-    service = Service(sandbox, directory)
-    service.rotate_until(boundary, SHORT_LOCK)
-    service.wait_for_lock_expiry()
-    result = service.rotate()
-    problems = []
+def resumed_cleanly(service: Service, result: Any, wanted: str, allow_expired_lock: bool = False) -> list[str]:
+    """What is wrong after the run that followed a crash: its summary must start with ``wanted``, and
+    the service must be rotated cleanly, with no failed request and at most one discarded credential."""
     if result.returncode != 0:
-        return f"{boundary}: the second run failed: {result.stdout[-3000:]}"
+        return [f"the second run failed: {result.stdout[-3000:]}"]
+    problems = []
     try:
         summary = outcome(result)
-        if boundary == "Release the rotation lock":
-            # The dead run had finished; all it left is its lock, expired, which the next rotation
-            # overwrites. Nothing is due, and the run says so.
-            if not summary.startswith("not due ("):
-                problems.append(f"summary {summary!r}")
-        elif not summary.startswith("rotated ("):
+        if not summary.startswith(wanted):
             problems.append(f"summary {summary!r}")
-        new_id = service.assert_rotated_cleanly(service.original_id,
-                                                allow_expired_lock=boundary == "Release the rotation lock")
+        new_id = service.assert_rotated_cleanly(service.original_id, allow_expired_lock=allow_expired_lock)
         service.assert_no_failed_requests(service.original_id, new_id)
         stray = [u for u in service.users() if u["id"] not in (service.original_id, new_id)]
         if any(u["active"] for u in stray):
@@ -62,6 +53,18 @@ def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | No
             problems.append(f"more than one credential was created and discarded: {stray}")
     except AssertionError as error:
         problems.append(str(error))
+    return problems
+
+
+def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
+    directory.mkdir()
+    service = Service(sandbox, directory)
+    service.rotate_until(boundary, SHORT_LOCK)
+    service.wait_for_lock_expiry()
+    # After "Release the rotation lock" the dead run had finished; all it left is its lock, expired,
+    # which the next rotation overwrites. Nothing is due, and the run says so.
+    done = boundary == "Release the rotation lock"
+    problems = resumed_cleanly(service, service.rotate(), "not due (" if done else "rotated (", allow_expired_lock=done)
     return f"{boundary}: " + "; ".join(problems) if problems else None
 
 
