@@ -207,6 +207,37 @@ def test_a_create_the_batch_could_not_make_is_made_by_the_role_once(sandbox: Any
     service.assert_no_failed_requests(service.original_id, new_id)
 
 
+def test_the_role_judges_a_handed_over_usage_check_by_the_batch_reading(sandbox: Any, tmp_path: Path) -> None:
+    # Pods that call the platform once when they start, then every ten minutes: only a reading of
+    # last_used_at taken before the restart can see that the new pods used the new credential.
+    service = Service(sandbox, tmp_path, batch=True)
+    status, answer = service.cluster.request(
+        "PATCH", f"/apis/apps/v1/namespaces/{service.namespace}/deployments/{service.name}",
+        {"spec": {"template": {"metadata": {"annotations": {"sandbox.xapi.io/request-interval": "600"}}}}},
+        "application/merge-patch+json")
+    assert status == 200, answer
+    wait_available(sandbox.kubeconfig, service.namespace, service.name)
+    # The batch's deactivation fails (a 400 is not retried), so it hands the service over after the
+    # restart; the role must resume without waiting for a call that will not come for ten minutes.
+    sandbox.api("POST", "/_sandbox/faults", json={
+        "method": "POST", "path": f"/api/v1/system-users/{service.original_id}/deactivate", "status": 400,
+        "count": 1}).raise_for_status()
+    try:
+        result = service.rotate(verbosity=1)
+    finally:
+        sandbox.api("DELETE", "/_sandbox/faults")
+
+    assert result.returncode == 0, result.stdout[-4000:]
+    text = " ".join(result.stdout.split())
+    assert "the batch handed it over: the batch could not deactivate the old credential " + service.original_id in text
+    assert _role_hosts(result) == {"svc"}
+    summary = outcome(result)
+    assert summary.startswith(f"rotated ({service.original_id} -> ") and summary.endswith(
+        "resumed an interrupted rotation)"), summary
+    new_id = service.assert_rotated_cleanly(service.original_id)
+    service.assert_no_failed_requests(service.original_id, new_id)
+
+
 def test_a_held_lock_keeps_a_service_out_of_the_batch(sandbox: Any, tmp_path: Path) -> None:
     service = Service(sandbox, tmp_path, batch=True)
     holder = "20261129T000000Z-0000abcd"
