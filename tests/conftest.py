@@ -17,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
 
+# Any sandbox a test starts in a subprocess of its own (`python -m tests.sandbox up`, e.g. the
+# benchmark harness's) belongs to the process that started it: it stops when that one is gone.
+os.environ.setdefault("XAPI_SANDBOX_OWNER_PID", "parent")
+
 
 class Sandbox:
     """A running sandbox (platform API, and the Kubernetes emulator unless started with --no-k8s)."""
@@ -55,8 +59,10 @@ class Sandbox:
 
 
 def _start_sandbox(directory: Path, *extra: str) -> Sandbox:
+    # --owner-pid: the servers stop by themselves once this pytest process is gone, however it
+    # ended (timeout, Ctrl-C, a killed CI job), instead of serving on for hours.
     cmd = [sys.executable, "-m", "tests.sandbox", "up", "--dir", str(directory),
-           "--platform-port", "0", "--k8s-port", "0", *extra]
+           "--platform-port", "0", "--k8s-port", "0", "--owner-pid", str(os.getpid()), *extra]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         logs = "".join(p.read_text()[-3000:] for p in sorted(directory.glob("*.log")) if p.exists())

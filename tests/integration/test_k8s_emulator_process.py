@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import requests
 
 from tests.sandbox.client import wait_ready
 from tests.sandbox.k8s.testing import REPO
+from tests.sandbox.lifetime import owned_command
 from tests.sandbox.seed import seed_service, wait_available
 
 
@@ -23,10 +23,9 @@ def private_emulator(platform, tmp_path):
     tokens.write_text('static-token-1,ops-user,uid-1,"ops,auditors"\n')
     state_dir = tmp_path / "k8s"
     with (tmp_path / "k8s.log").open("wb") as log:
+        # owned_command: the emulator stops by itself if this pytest process is killed.
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
+            owned_command(
                 "tests.sandbox.k8s",
                 "--state-dir",
                 str(state_dir),
@@ -40,7 +39,7 @@ def private_emulator(platform, tmp_path):
                 "0.1",
                 "--termination-grace",
                 "0.2",
-            ],
+            ),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=log,

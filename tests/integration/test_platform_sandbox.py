@@ -31,6 +31,7 @@ import pytest
 import requests
 
 from tests.sandbox import _tls, client
+from tests.sandbox.lifetime import owned_command
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = "/api/v1/system-users"
@@ -612,9 +613,10 @@ class Server:
         self.state_dir, self.token_file = state_dir, token_file
         self.log = state_dir.parent / f"{state_dir.name}.log"
         with open(self.log, "ab") as log:
+            # owned_command: the server stops by itself if this pytest process is killed.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.sandbox.platform_api", "--state-dir", str(state_dir),
-                 "--admin-token-file", str(token_file), "--port", "0", *extra],
+                owned_command("tests.sandbox.platform_api", "--state-dir", str(state_dir),
+                              "--admin-token-file", str(token_file), "--port", "0", *extra),
                 cwd=REPO, stdout=log, stderr=log,
             )
         self.ready = client.wait_ready(state_dir, timeout=30, process=self.proc)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.sandbox import lifetime
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".sandbox"
 READY_TIMEOUT = 30.0
@@ -53,13 +55,16 @@ def running(sandbox_dir: Path) -> bool:
     return bool(pids) and all(_alive(pid) for pid in pids.values()) and (sandbox_dir / "env").exists()
 
 
-def _start(name: str, args: list[str], state_dir: Path, sandbox_dir: Path) -> dict:
+def _start(name: str, args: list[str], state_dir: Path, sandbox_dir: Path, owner: int | None = None) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     ready_file = state_dir / "ready.json"
     ready_file.unlink(missing_ok=True)
     log = open(sandbox_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child for its lifetime
+    # An owned server runs under tests.sandbox.lifetime, in the same process (same pid), and stops
+    # by itself once its owner is gone: a killed test run leaves nothing serving.
+    command = [*args] if owner is None else ["tests.sandbox.lifetime", "--owner-pid", str(owner), *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", *args],
+        [sys.executable, "-m", *command],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -91,7 +96,10 @@ def _write_env(sandbox_dir: Path, values: dict[str, str]) -> None:
     tmp.replace(sandbox_dir / "env")
 
 
-def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bool, k8s: bool) -> None:
+def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bool, k8s: bool,
+       owner: int | None = None) -> None:
+    if owner is not None and not lifetime.alive(owner):
+        raise LaunchError(f"the owner process {owner} is not running")
     if running(sandbox_dir):
         print(f"sandbox already running; environment in {sandbox_dir / 'env'}")
         return
@@ -112,7 +120,7 @@ def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bo
     if tls:
         platform_args.append("--tls")
     try:
-        platform = _start("platform", platform_args, sandbox_dir / "platform", sandbox_dir)
+        platform = _start("platform", platform_args, sandbox_dir / "platform", sandbox_dir, owner)
         env = {
             "XAPI_URL": platform["url"],
             "XAPI_ADMIN_TOKEN": (sandbox_dir / "admin-token").read_text().strip(),
@@ -128,7 +136,7 @@ def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bo
             ]
             if platform.get("ca_file"):
                 k8s_args += ["--platform-ca", platform["ca_file"]]
-            cluster = _start("k8s", k8s_args, sandbox_dir / "k8s", sandbox_dir)
+            cluster = _start("k8s", k8s_args, sandbox_dir / "k8s", sandbox_dir, owner)
             env["KUBECONFIG"] = cluster["kubeconfig"]
         env["XAPI_SANDBOX_DIR"] = str(sandbox_dir)
         if k8s and seed:
@@ -146,6 +154,8 @@ def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bo
     _write_env(sandbox_dir, env)
     print(f"sandbox up: platform API {env['XAPI_URL']}" + (f", Kubernetes {cluster['url']}" if k8s else ""))
     print(f"environment: . {sandbox_dir / 'env'}")
+    if owner is not None:
+        print(f"the sandbox stops by itself when process {owner} exits")
 
 
 def down(sandbox_dir: Path, quiet: bool = False) -> None:
@@ -185,13 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--tls", action="store_true", help="serve the platform API over HTTPS with a generated CA")
     p_up.add_argument("--no-seed", action="store_true", help="do not create the demo world")
     p_up.add_argument("--no-k8s", action="store_true", help="start only the platform API sandbox")
+    p_up.add_argument("--owner-pid", default=os.environ.get(lifetime.OWNER_ENV) or None, metavar="PID|parent",
+                      help="stop both servers once this process is gone (however it dies); 'parent' = the "
+                           f"process running this command; default ${lifetime.OWNER_ENV}, else they run "
+                           "until `down`")
     for name in ("down", "status"):
         sub.add_parser(name).add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
     sandbox_dir = args.dir.resolve()
     try:
         if args.command == "up":
-            up(sandbox_dir, args.platform_port, args.k8s_port, args.tls, not args.no_seed, not args.no_k8s)
+            try:
+                owner = lifetime.resolve_owner(args.owner_pid)
+            except ValueError as exc:
+                parser.error(f"--owner-pid: {exc}")
+            up(sandbox_dir, args.platform_port, args.k8s_port, args.tls, not args.no_seed, not args.no_k8s,
+               owner=owner)
         elif args.command == "down":
             down(sandbox_dir)
         else:

@@ -139,9 +139,12 @@ def tls_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPlatfo
     files = _tls.ensure_certificates(state, hosts=("localhost",))
     token_file = state / "admin-token"
     log = open(state / "platform.log", "wb")  # noqa: SIM115 - the child writes to it for its lifetime
+    from tests.sandbox.lifetime import owned_command
+
+    # owned_command: the server stops by itself if this pytest process is killed.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.sandbox.platform_api", "--state-dir", str(state), "--tls",
-         "--admin-token-file", str(token_file)],
+        owned_command("tests.sandbox.platform_api", "--state-dir", str(state), "--tls",
+                      "--admin-token-file", str(token_file)),
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     ready = state / "ready.json"
