@@ -33,21 +33,24 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def kubeconfig_text(url: str, ca_file: Path, token: str, namespace: str = "demo") -> str:
+def kubeconfig_text(url: str, ca_file: Path, token: str, namespace: str = "demo", context: str = "xapi-sandbox") -> str:
     # JSON is valid YAML, and every client (kubectl, client-go, the Python client) reads it.
+    # Another context name renames the cluster and user too, so two kubeconfigs merge cleanly
+    # (KUBECONFIG=a:b): kubectl merges entries by name.
+    user = "sandbox-admin" if context == "xapi-sandbox" else f"{context}-admin"
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": [{"name": "xapi-sandbox", "cluster": {"server": url, "certificate-authority": str(ca_file)}}],
-        "users": [{"name": "sandbox-admin", "user": {"token": token}}],
+        "clusters": [{"name": context, "cluster": {"server": url, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": user, "user": {"token": token}}],
         "contexts": [
             {
-                "name": "xapi-sandbox",
-                "context": {"cluster": "xapi-sandbox", "user": "sandbox-admin", "namespace": namespace},
+                "name": context,
+                "context": {"cluster": context, "user": user, "namespace": namespace},
             }
         ],
-        "current-context": "xapi-sandbox",
+        "current-context": context,
     }
     return json.dumps(config, indent=2) + "\n"
 
@@ -80,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-token-file", type=Path, help="read the admin token from here (created if missing)")
     parser.add_argument("--token-file", type=Path, help="extra bearer tokens, CSV lines token,user[,uid[,groups]]")
     parser.add_argument("--namespace", default="demo", help="default namespace of the kubeconfig")
+    parser.add_argument(
+        "--context", default="xapi-sandbox", help="kubeconfig context and cluster name (default xapi-sandbox)"
+    )
     for key, value in Config().as_dict().items():
+        if key == "nodes":
+            parser.add_argument("--nodes", type=int, default=value, help=f"simulated nodes (default {value})")
+            continue
         parser.add_argument(f"--{key.replace('_', '-')}", type=float, default=value, help=f"seconds (default {value})")
     args = parser.parse_args(argv)
 
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"https://{host}:{port}"
 
     kubeconfig = state_dir / "kubeconfig"
-    _write_private(kubeconfig, kubeconfig_text(url, tls.ca_file, admin_token, args.namespace))
+    _write_private(kubeconfig, kubeconfig_text(url, tls.ca_file, admin_token, args.namespace, args.context))
 
     controller.start()
     workload.start()

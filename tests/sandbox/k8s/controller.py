@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import json
 import logging
 import math
 import secrets
@@ -20,6 +19,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tests.sandbox.k8s.apps import (
+    CRONJOBS,
+    DAEMONSETS,
+    JOBS,
+    STATEFULSETS,
+    WORKLOAD_TYPES,
+    AppsControllers,
+)
+from tests.sandbox.k8s.objects import (
+    ANNOTATION,
+    HASH_LABEL,
+    SAFE_ALPHABET,
+    resolve_int_or_percent,
+    template_hash,
+)
+from tests.sandbox.k8s.objects import owner_uid as _owner
+from tests.sandbox.k8s.objects import set_if as _set_if
 from tests.sandbox.k8s.resources import lookup
 from tests.sandbox.k8s.store import ApiError, Event, Store, now_rfc3339
 
@@ -33,10 +49,7 @@ DEPLOYMENTS = lookup("apps", "v1", "deployments")
 REPLICASETS = lookup("apps", "v1", "replicasets")
 assert NS and PODS and SECRETS and DEPLOYMENTS and REPLICASETS
 
-ANNOTATION = "sandbox.xapi.io/"
 REVISION = "deployment.kubernetes.io/revision"
-HASH_LABEL = "pod-template-hash"
-SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 @dataclass
@@ -48,6 +61,8 @@ class Config:
     termination_grace: float = 2.0
     request_interval: float = 0.2
     secret_sync_delay: float = 1.0
+    job_duration: float = 3.0  # how long a Job's pod (restartPolicy Never/OnFailure) runs before it succeeds
+    nodes: int = 2  # simulated nodes: DaemonSets run one pod on each
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -60,7 +75,7 @@ class PodRuntime:
     namespace: str
     name: str
     uid: str
-    deployment: str
+    deployment: str  # the owning Deployment ("" for pods of other owners)
     replicaset: str
     start_at: float
     ready_delay: float
@@ -81,50 +96,22 @@ class PodRuntime:
     next_call: float = 0.0
     in_flight: bool = False
     requests: dict[str, int] = field(default_factory=dict)
+    owner_kind: str = ""  # the pod's controller: ReplicaSet, StatefulSet, DaemonSet, Job ("" for a bare pod)
+    owner_name: str = ""
+    workload_kind: str = ""  # what an operator names: Deployment, StatefulSet, DaemonSet, Job or CronJob
+    workload_name: str = ""
+    node: str = ""
+    token_source: str = "none"  # env, envFrom, volume, projected, none
+    run_for: float | None = None  # seconds from start until the container completes (Job pods)
+    finish_at: float | None = None
+    finished: bool = False
+
+    def chain(self) -> set[tuple[str, str]]:
+        return {(self.owner_kind, self.owner_name), (self.workload_kind, self.workload_name)}
 
     @property
     def token_fingerprint(self) -> str | None:
         return hashlib.sha256(self.token.encode()).hexdigest()[:8] if self.token else None
-
-
-def fingerprint(token: str | None) -> str | None:
-    return hashlib.sha256(token.encode()).hexdigest()[:8] if token else None
-
-
-def template_hash(template: dict[str, Any]) -> str:
-    clean = copy.deepcopy(template)
-    (clean.get("metadata") or {}).get("labels", {}).pop(HASH_LABEL, None)
-    digest = int.from_bytes(hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).digest()[:8], "big")
-    out = ""
-    while len(out) < 10:
-        digest, rem = divmod(digest, len(SAFE_ALPHABET))
-        out += SAFE_ALPHABET[rem]
-    return out
-
-
-def resolve_int_or_percent(value: Any, total: int, round_up: bool) -> int:
-    if isinstance(value, int):
-        return value
-    text = str(value)
-    if text.endswith("%"):
-        fraction = int(text[:-1]) * total / 100
-        return math.ceil(fraction) if round_up else math.floor(fraction)
-    return int(text)
-
-
-def _owner(obj: dict[str, Any]) -> str | None:
-    for ref in obj["metadata"].get("ownerReferences") or []:
-        if ref.get("controller"):
-            return ref.get("uid")
-    return None
-
-
-def _set_if(container: dict[str, Any], key: str, value: Any) -> None:
-    """Status fields are ``omitempty`` in Go: zero values are absent, not 0."""
-    if value:
-        container[key] = value
-    else:
-        container.pop(key, None)
 
 
 class SecretHistory:
@@ -156,7 +143,7 @@ class SecretHistory:
             return history[0][1] if history else None
 
 
-class Controller:
+class Controller(AppsControllers):
     def __init__(self, store: Store, config: Config | None = None) -> None:
         self.store = store
         self.config = config or Config()
@@ -171,6 +158,8 @@ class Controller:
         # hundreds of settled Deployments costs nothing between rollouts.
         self.dirty_deployments: set[str] = set()
         self.dirty_replicasets: set[str] = set()
+        self.dirty_workloads: set[str] = set()  # StatefulSets, DaemonSets, Jobs, CronJobs
+        self.new_pods: set[str] = set()  # pods a client created: they need a runtime
         self.busy_pods: set[str] = set()  # pods with a kubelet timer pending (start, ready, reload, grace)
         self.deleted_pods: set[str] = set()
         self.locations: dict[str, tuple[Any, str, str]] = {}  # uid -> (type, namespace, name)
@@ -183,6 +172,7 @@ class Controller:
         self.finished_requests: dict[str, int] = {}
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._init_apps()
         store.listeners.append(self._on_event)
         self.thread = threading.Thread(target=self._run, name="controller", daemon=True)
 
@@ -201,25 +191,49 @@ class Controller:
         if unknown:
             raise ApiError(400, "BadRequest", f"unknown config key(s) {sorted(unknown)}; known: {sorted(known)}")
         for key, value in values.items():
+            if key == "nodes":
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+                    raise ApiError(400, "BadRequest", "config nodes must be an integer from 0 to 100")
+                continue
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ApiError(400, "BadRequest", f"config {key} must be a number of seconds >= 0")
             if key == "request_interval" and value < 0.01:
                 raise ApiError(400, "BadRequest", "config request_interval must be at least 0.01 seconds")
         with self.store.lock:
             for key, value in values.items():
-                setattr(self.config, key, float(value))
+                setattr(self.config, key, value if key == "nodes" else float(value))
+            if "nodes" in values:
+                self.dirty_workloads.update(d["metadata"]["uid"] for d in self.store.table(DAEMONSETS).values())
+        self.wake.set()
 
     def add_fault(self, body: dict[str, Any]) -> None:
         if body.get("never_ready") is not True:
             raise ApiError(
-                400, "BadRequest", 'a fault needs "never_ready": true (optionally "namespace" and "deployment")'
+                400,
+                "BadRequest",
+                'a fault needs "never_ready": true (optionally "namespace", and "deployment" or "kind"/"workload")',
             )
-        for key in ("namespace", "deployment"):
+        unknown = set(body) - {"namespace", "deployment", "kind", "workload", "never_ready"}
+        if unknown:
+            raise ApiError(400, "BadRequest", f"unknown fault key(s) {sorted(unknown)}")
+        for key in ("namespace", "deployment", "kind", "workload"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise ApiError(400, "BadRequest", f"fault {key} must be a string")
+        kind, workload = body.get("kind"), body.get("workload")
+        if body.get("deployment") is not None:
+            # The original form: {"deployment": X} is {"kind": "Deployment", "workload": X}.
+            if kind not in (None, "Deployment") or workload not in (None, body["deployment"]):
+                raise ApiError(400, "BadRequest", 'a fault with "deployment" names a Deployment, no other workload')
+            kind, workload = "Deployment", body["deployment"]
         with self.store.lock:
             self.faults.append(
-                {"namespace": body.get("namespace"), "deployment": body.get("deployment"), "never_ready": True}
+                {
+                    "namespace": body.get("namespace"),
+                    "deployment": body.get("deployment"),
+                    "kind": kind,
+                    "workload": workload,
+                    "never_ready": True,
+                }
             )
 
     def clear_faults(self) -> None:
@@ -241,10 +255,18 @@ class Controller:
             self.finished_requests.clear()
         self.progress.clear()
         self.hashes.clear()
-        for work in (self.dirty_deployments, self.dirty_replicasets, self.busy_pods, self.deleted_pods):
+        for work in (
+            self.dirty_deployments,
+            self.dirty_replicasets,
+            self.dirty_workloads,
+            self.new_pods,
+            self.busy_pods,
+            self.deleted_pods,
+        ):
             work.clear()
         self.locations.clear()
         self.rs_owner.clear()
+        self._reset_apps()
 
     def reset_counters(self) -> None:
         with self.pods_lock:
@@ -260,11 +282,18 @@ class Controller:
                     "name": p.name,
                     "deployment": p.deployment,
                     "replicaset": p.replicaset,
+                    "owner_kind": p.owner_kind,
+                    "owner_name": p.owner_name,
+                    "workload_kind": p.workload_kind,
+                    "workload": p.workload_name,
+                    "node": p.node,
                     "started": p.started,
                     "ready": p.ready,
+                    "finished": p.finished,
                     "terminating": p.remove_at is not None,
-                    "waiting_reason": None if p.started else p.waiting_reason,
+                    "waiting_reason": None if p.started or p.finished else p.waiting_reason,
                     "token_mode": p.token_mode,
+                    "token_source": p.token_source,
                     "token_fingerprint": p.token_fingerprint,
                     "requests": dict(p.requests),
                 }
@@ -289,6 +318,8 @@ class Controller:
             runtime = self.pods.get(uid)
             if grace is None:
                 grace = runtime.grace if runtime else self.config.termination_grace
+            if runtime is not None and runtime.finished:
+                grace = 0  # a completed container has nothing left to stop
             if runtime is not None:
                 self.busy_pods.add(uid)
             if runtime is not None and runtime.remove_at is None:
@@ -317,7 +348,7 @@ class Controller:
         meta = event.obj["metadata"]
         uid, owner = meta["uid"], _owner(event.obj)
         deleted = event.type == "DELETED"
-        if event.rt in (DEPLOYMENTS, REPLICASETS):
+        if event.rt in (DEPLOYMENTS, REPLICASETS) or event.rt in WORKLOAD_TYPES:
             if deleted:
                 self.locations.pop(uid, None)
                 self.gc_needed = True
@@ -325,6 +356,10 @@ class Controller:
                 self.locations[uid] = (event.rt, event.namespace, meta["name"])
         if event.rt is DEPLOYMENTS:
             self.dirty_deployments.add(uid)
+        elif event.rt in WORKLOAD_TYPES:
+            self.dirty_workloads.add(uid)
+            if owner:
+                self.dirty_workloads.add(owner)  # a CronJob's Job changed
         elif event.rt is REPLICASETS:
             self.dirty_replicasets.add(uid)
             if owner:
@@ -335,11 +370,17 @@ class Controller:
                     self.rs_owner[uid] = owner
         elif event.rt is PODS:
             if owner:
-                self.dirty_replicasets.add(owner)
+                where = self.locations.get(owner)
+                if where is None or where[0] is REPLICASETS:
+                    self.dirty_replicasets.add(owner)
+                else:
+                    self.dirty_workloads.add(owner)
                 if owner in self.rs_owner:
                     self.dirty_deployments.add(self.rs_owner[owner])
             if deleted:
                 self.deleted_pods.add(uid)
+            elif event.type == "ADDED" and uid not in self.pods:
+                self.new_pods.add(uid)  # a client's pod, or a controller's about to be registered
         elif event.rt is NS and deleted:
             self.gc_needed = True
         if event.rt is not PODS:
@@ -363,13 +404,17 @@ class Controller:
             self.next_full_sync = now + 2.0
             self.dirty_deployments.update(d["metadata"]["uid"] for d in self.store.table(DEPLOYMENTS).values())
             self.dirty_replicasets.update(r["metadata"]["uid"] for r in self.store.table(REPLICASETS).values())
+            for rt in WORKLOAD_TYPES:
+                self.dirty_workloads.update(o["metadata"]["uid"] for o in self.store.table(rt).values())
             self.busy_pods.update(self.pods)
             self.gc_needed = True
+        if self.new_pods:
+            self._adopt_new_pods()
         self._kubelet(now)
         if self.gc_needed:
             self.gc_needed = False
             self._garbage_collect()
-        if not (self.dirty_replicasets or self.dirty_deployments):
+        if not (self.dirty_replicasets or self.dirty_deployments or self.dirty_workloads):
             return
         self._pods_by_owner = {}
         for pod in self.store.table(PODS).values():
@@ -389,6 +434,24 @@ class Controller:
                 self._guarded(self._sync_deployment, deployment, now)
                 if not self._settled(uid):
                     self.dirty_deployments.add(uid)  # mid-rollout: look again next tick (deadline, progress)
+        dirty, self.dirty_workloads = self.dirty_workloads, set()
+        for uid in dirty:
+            where = self.locations.get(uid)
+            workload = self._locate(uid, where[0]) if where is not None else None
+            if workload is not None and self._guarded(self._sync_workload, workload, now):
+                self.dirty_workloads.add(uid)
+
+    def _adopt_new_pods(self) -> None:
+        """Give a runtime to pods no controller registered: bare pods clients created."""
+        new, self.new_pods = self.new_pods, set()
+        known = {uid for uid in new if uid in self.pods}
+        if known == new:
+            return
+        for pod in list(self.store.table(PODS).values()):
+            uid = pod["metadata"]["uid"]
+            if uid in new and uid not in known and not pod["metadata"].get("deletionTimestamp"):
+                annotations = pod["metadata"].get("annotations") or {}
+                self._register_runtime(pod, annotations)
 
     def _locate(self, uid: str, rt: Any) -> dict[str, Any] | None:
         where = self.locations.get(uid)
@@ -406,10 +469,10 @@ class Controller:
         )
         return progressing.get("reason") in ("NewReplicaSetAvailable", "ProgressDeadlineExceeded")
 
-    def _guarded(self, sync: Any, obj: dict[str, Any], *args: Any) -> None:
+    def _guarded(self, sync: Any, obj: dict[str, Any], *args: Any) -> Any:
         # One object the controller cannot handle must not stall every other rollout.
         try:
-            sync(obj, *args)
+            return sync(obj, *args)
         except Exception:
             key = (
                 obj["metadata"].get("namespace"),
@@ -423,8 +486,10 @@ class Controller:
     # -- kubelet -----------------------------------------------------------------------------
 
     def _never_ready(self, runtime: PodRuntime) -> bool:
+        chain = runtime.chain()
         return any(
-            (f["namespace"] in (None, runtime.namespace)) and (f["deployment"] in (None, runtime.deployment))
+            f["namespace"] in (None, runtime.namespace)
+            and any(f.get("kind") in (None, kind) and f.get("workload") in (None, name) for kind, name in chain if kind)
             for f in self.faults
         )
 
@@ -448,8 +513,15 @@ class Controller:
                 with self.pods_lock:
                     self._forget(runtime)
                 continue
-            if runtime.ready and runtime.remove_at is None and runtime.reload_interval is None:
+            if runtime.remove_at is None and (
+                runtime.finished or (runtime.ready and runtime.reload_interval is None and runtime.finish_at is None)
+            ):
                 self.busy_pods.discard(runtime.uid)  # nothing left to time until it is deleted
+                continue
+            if runtime.remove_at is None and runtime.finish_at is not None and now >= runtime.finish_at:
+                with self.pods_lock:
+                    runtime.finished, runtime.ready = True, False  # the container exits 0: no more calls
+                self._write_pod_status(runtime, pod)
                 continue
             if runtime.remove_at is not None:
                 if now >= runtime.remove_at:
@@ -516,6 +588,8 @@ class Controller:
             runtime.next_call = now
             if runtime.reload_interval is not None:
                 runtime.next_reload = now + runtime.reload_interval
+            if runtime.run_for is not None:
+                runtime.finish_at = now + runtime.run_for
         self._write_pod_status(runtime, pod)
 
     def _write_pod_status(self, runtime: PodRuntime, pod: dict[str, Any]) -> None:
@@ -531,13 +605,16 @@ class Controller:
                 return old
             return {"type": kind, "status": wanted, "lastProbeTime": None, "lastTransitionTime": stamp}
 
-        status["phase"] = "Running" if runtime.started else "Pending"
+        status["phase"] = "Succeeded" if runtime.finished else "Running" if runtime.started else "Pending"
         status["conditions"] = [
             condition("PodScheduled", True),
             condition("Initialized", True),
             condition("ContainersReady", runtime.ready),
             condition("Ready", runtime.ready),
         ]
+        if runtime.finished:
+            for entry in status["conditions"][2:]:
+                entry["reason"] = "PodCompleted"
         statuses = []
         for container in containers:
             entry: dict[str, Any] = {
@@ -548,7 +625,18 @@ class Controller:
                 "ready": runtime.ready,
                 "started": runtime.started,
             }
-            if runtime.started:
+            if runtime.finished:
+                entry["started"] = False
+                entry["state"] = {
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": status.get("startTime", stamp),
+                        "finishedAt": stamp,
+                    }
+                }
+                entry["containerID"] = f"sandbox://{runtime.uid[:12]}"
+            elif runtime.started:
                 entry["state"] = {"running": {"startedAt": status.get("startTime", stamp)}}
                 entry["containerID"] = f"sandbox://{runtime.uid[:12]}"
             else:
@@ -566,15 +654,20 @@ class Controller:
     # -- ownership ---------------------------------------------------------------------------
 
     def _garbage_collect(self) -> None:
-        deployment_uids = {d["metadata"]["uid"] for d in self.store.table(DEPLOYMENTS).values()}
-        for rs in list(self.store.table(REPLICASETS).values()):
-            owner = _owner(rs)
-            if owner and owner not in deployment_uids:
-                self.store.delete(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"])
-        rs_uids = {rs["metadata"]["uid"] for rs in self.store.table(REPLICASETS).values()}
+        """Background deletion: objects whose controller is gone follow it (ReplicaSets, Jobs, then pods)."""
+        owners = {d["metadata"]["uid"] for d in self.store.table(DEPLOYMENTS).values()}
+        owners |= {c["metadata"]["uid"] for c in self.store.table(CRONJOBS).values()}
+        for rt in (REPLICASETS, JOBS):
+            for obj in list(self.store.table(rt).values()):
+                owner = _owner(obj)
+                if owner and owner not in owners:
+                    self.store.delete(rt, obj["metadata"]["namespace"], obj["metadata"]["name"])
+        pod_owners = set()
+        for rt in (REPLICASETS, STATEFULSETS, DAEMONSETS, JOBS):
+            pod_owners |= {o["metadata"]["uid"] for o in self.store.table(rt).values()}
         for pod in list(self.store.table(PODS).values()):
             owner = _owner(pod)
-            if owner and owner not in rs_uids and not pod["metadata"].get("deletionTimestamp"):
+            if owner and owner not in pod_owners and not pod["metadata"].get("deletionTimestamp"):
                 self.terminate_pod(pod, None)
 
     def _pods_of(self, rs_uid: str) -> list[dict[str, Any]]:
@@ -652,11 +745,29 @@ class Controller:
         if not annotations:
             del pod["metadata"]["annotations"]
         created = self.store.create(PODS, namespace, pod)
-        self._register_runtime(created, deployment, rs["metadata"]["name"], annotations)
+        self._register_runtime(
+            created,
+            annotations,
+            deployment=deployment,
+            replicaset=rs["metadata"]["name"],
+            owner_kind="ReplicaSet",
+            owner_name=rs["metadata"]["name"],
+            workload_kind="Deployment" if deployment else "ReplicaSet",
+            workload_name=deployment or rs["metadata"]["name"],
+        )
         return created
 
     def _register_runtime(
-        self, pod: dict[str, Any], deployment: str, replicaset: str, annotations: dict[str, str]
+        self,
+        pod: dict[str, Any],
+        annotations: dict[str, str],
+        *,
+        deployment: str = "",
+        replicaset: str = "",
+        owner_kind: str = "",
+        owner_name: str = "",
+        workload_kind: str = "",
+        workload_name: str = "",
     ) -> None:
         def seconds(key: str, default: float) -> float:
             try:
@@ -664,7 +775,9 @@ class Controller:
             except (KeyError, ValueError):
                 return default
 
-        mode, secret_name, secret_key, reload_interval = self._token_source(pod["spec"], annotations)
+        source, secret_name, secret_key, reload_interval = self._token_source(pod["spec"], annotations)
+        mode = {"envFrom": "env", "projected": "volume"}.get(source, source)
+        runs_to_completion = pod["spec"].get("restartPolicy", "Always") != "Always"
         now = time.monotonic()
         runtime = PodRuntime(
             namespace=pod["metadata"]["namespace"],
@@ -672,6 +785,13 @@ class Controller:
             uid=pod["metadata"]["uid"],
             deployment=deployment,
             replicaset=replicaset,
+            owner_kind=owner_kind,
+            owner_name=owner_name,
+            workload_kind=workload_kind,
+            workload_name=workload_name,
+            node=pod["spec"].get("nodeName", ""),
+            token_source=source,
+            run_for=seconds("job-duration", self.config.job_duration) if runs_to_completion else None,
             start_at=now + seconds("pod-start-delay", self.config.pod_start_delay),
             ready_delay=seconds("pod-ready-delay", self.config.pod_ready_delay),
             grace=seconds("termination-grace", self.config.termination_grace),
@@ -688,7 +808,12 @@ class Controller:
 
     @staticmethod
     def _token_source(spec: dict[str, Any], annotations: dict[str, str]) -> tuple[str, str, str, float | None]:
-        """Where the application takes its token from: Option A (env) or Option B (volume)."""
+        """Where the application takes its token from: Option A (env) or Option B (volume).
+
+        Answers (source, Secret name, key, reload interval); source is env (a secretKeyRef),
+        envFrom (a secretRef: all keys as variables), volume (a Secret volume) or projected
+        (a projected volume with a Secret source), or none.
+        """
         wanted_key = annotations.get(ANNOTATION + "token-key", "token")
         reload_text = annotations.get(ANNOTATION + "reload-interval")
         reload_interval: float | None = None
@@ -697,20 +822,35 @@ class Controller:
                 reload_interval = max(0.05, float(reload_text))
             except ValueError:
                 reload_interval = None
-        if reload_interval is not None:
+
+        def volumes() -> list[tuple[str, str]]:
+            found = []
             for volume in spec.get("volumes") or []:
                 secret = (volume or {}).get("secret") or {}
                 if secret.get("secretName"):
-                    return "volume", secret["secretName"], wanted_key, reload_interval
+                    found.append(("volume", secret["secretName"]))
+                for source in ((volume or {}).get("projected") or {}).get("sources") or []:
+                    projected = (source or {}).get("secret") or {}
+                    if projected.get("name"):
+                        found.append(("projected", projected["name"]))
+            return found
+
+        if reload_interval is not None and volumes():
+            kind, name = volumes()[0]
+            return kind, name, wanted_key, reload_interval
         for container in spec.get("containers") or []:
             for env in container.get("env") or []:
                 ref = ((env or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
                 if ref.get("name") and ref.get("key") == wanted_key:
                     return "env", ref["name"], wanted_key, None
-        for volume in spec.get("volumes") or []:
-            secret = (volume or {}).get("secret") or {}
-            if secret.get("secretName"):
-                return "volume", secret["secretName"], wanted_key, None
+        for container in spec.get("containers") or []:
+            for env_from in container.get("envFrom") or []:
+                ref = (env_from or {}).get("secretRef") or {}
+                if ref.get("name"):
+                    return "envFrom", ref["name"], wanted_key, None
+        if volumes():
+            kind, name = volumes()[0]
+            return kind, name, wanted_key, None
         return "none", "", wanted_key, None
 
     # -- Deployments -------------------------------------------------------------------------

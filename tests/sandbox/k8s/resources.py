@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
+# Kinds whose status belongs to a controller: a PUT or patch of the object keeps it.
+STATUS_KINDS = ("Deployment", "ReplicaSet", "Pod", "Namespace", "StatefulSet", "DaemonSet", "Job", "CronJob")
 READ_VERBS = ("get", "list", "watch")
 
 
@@ -54,7 +56,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         "v1",
         "pods",
         "Pod",
-        verbs=("delete", "get", "list", "watch"),
+        verbs=("create", "delete", "get", "list", "watch"),
         short_names=("po",),
         client_writable=False,
         categories=("all",),
@@ -77,6 +79,37 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         verbs=READ_VERBS,
         short_names=("rs",),
         client_writable=False,
+        has_generation=True,
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        short_names=("sts",),
+        subresources=("status", "scale"),
+        has_generation=True,
+        categories=("all",),
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        short_names=("ds",),
+        subresources=("status",),
+        has_generation=True,
+        categories=("all",),
+    ),
+    ResourceType("batch", "v1", "jobs", "Job", subresources=("status",), has_generation=True, categories=("all",)),
+    ResourceType(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        short_names=("cj",),
+        subresources=("status",),
         has_generation=True,
         categories=("all",),
     ),
@@ -327,33 +360,16 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
                     )
         elif strategy["type"] != "Recreate":
             raise _invalid(rt, name, "spec.strategy.type", f'Unsupported value: "{strategy["type"]}"')
-        selector = spec.get("selector")
-        if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
-            raise _invalid(rt, name, "spec.selector", "Required value")
-        template = spec.get("template")
-        if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
-            raise _invalid(rt, name, "spec.template", "Required value")
-        template_meta = template.get("metadata") or {}
-        if not isinstance(template_meta, dict) or not isinstance(template_meta.get("labels") or {}, dict):
-            raise _invalid(rt, name, "spec.template.metadata", "must be an object with a labels map")
-        if not isinstance(template_meta.get("annotations") or {}, dict):
-            raise _invalid(rt, name, "spec.template.metadata.annotations", "must be a map")
-        if not isinstance(selector.get("matchLabels") or {}, dict) or not isinstance(
-            selector.get("matchExpressions") or [], list
-        ):
-            raise _invalid(rt, name, "spec.selector", "matchLabels must be a map and matchExpressions a list")
-        labels = template_meta.get("labels") or {}
-        if not _selector_matches(selector, labels):
-            raise _invalid(rt, name, "spec.template.metadata.labels", "`selector` does not match template `labels`")
-        containers = template["spec"].get("containers")
-        if not isinstance(containers, list) or not containers:
-            raise _invalid(rt, name, "spec.template.spec.containers", "Required value")
-        for index, container in enumerate(containers):
-            if not isinstance(container, dict) or not container.get("name") or not container.get("image"):
-                raise _invalid(rt, name, f"spec.template.spec.containers[{index}]", "name and image are required")
-        template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
-        _default_pod_spec(template["spec"])
+        _validate_selector_and_template(rt, name, spec)
         obj.setdefault("status", {})
+    elif rt.kind in ("StatefulSet", "DaemonSet", "Job", "CronJob"):
+        _default_and_validate_workload(rt, obj)
+    elif rt.kind == "Pod":
+        spec = obj.get("spec")
+        if not isinstance(spec, dict):
+            raise _invalid(rt, name, "spec", "Required value")
+        _validate_containers(rt, name, spec, "spec")
+        _default_pod_spec(spec)
     elif rt.kind == "Lease":
         obj.setdefault("spec", {})
     elif rt.kind == "Role":
@@ -367,3 +383,168 @@ def apply_defaults_and_validate(rt: ResourceType, obj: dict[str, Any]) -> None:
         for index, subject in enumerate(obj.get("subjects") or []):
             if not isinstance(subject, dict) or not subject.get("kind") or not subject.get("name"):
                 raise _invalid(rt, name, f"subjects[{index}]", "kind and name are required")
+
+
+def _validate_containers(rt: ResourceType, name: str, pod_spec: dict[str, Any], path: str) -> None:
+    containers = pod_spec.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise _invalid(rt, name, f"{path}.containers", "Required value")
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict) or not container.get("name") or not container.get("image"):
+            raise _invalid(rt, name, f"{path}.containers[{index}]", "name and image are required")
+
+
+def _validate_selector_and_template(rt: ResourceType, name: str, spec: dict[str, Any]) -> None:
+    """A workload's selector and pod template (Deployments, StatefulSets, DaemonSets, Jobs)."""
+    selector = spec.get("selector")
+    if not isinstance(selector, dict) or not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        raise _invalid(rt, name, "spec.selector", "Required value")
+    template = spec.get("template")
+    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
+        raise _invalid(rt, name, "spec.template", "Required value")
+    template_meta = template.get("metadata") or {}
+    if not isinstance(template_meta, dict) or not isinstance(template_meta.get("labels") or {}, dict):
+        raise _invalid(rt, name, "spec.template.metadata", "must be an object with a labels map")
+    if not isinstance(template_meta.get("annotations") or {}, dict):
+        raise _invalid(rt, name, "spec.template.metadata.annotations", "must be a map")
+    if not isinstance(selector.get("matchLabels") or {}, dict) or not isinstance(
+        selector.get("matchExpressions") or [], list
+    ):
+        raise _invalid(rt, name, "spec.selector", "matchLabels must be a map and matchExpressions a list")
+    labels = template_meta.get("labels") or {}
+    if not _selector_matches(selector, labels):
+        raise _invalid(rt, name, "spec.template.metadata.labels", "`selector` does not match template `labels`")
+    containers = template["spec"].get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise _invalid(rt, name, "spec.template.spec.containers", "Required value")
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict) or not container.get("name") or not container.get("image"):
+            raise _invalid(rt, name, f"spec.template.spec.containers[{index}]", "name and image are required")
+    template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
+    _default_pod_spec(template["spec"])
+
+
+def _int_field(rt: ResourceType, name: str, spec: dict[str, Any], key: str, path: str, default: int | None) -> None:
+    if default is not None:
+        spec.setdefault(key, default)
+    value = spec.get(key)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _invalid(rt, name, f"{path}.{key}", f"{value!r}: must be an integer >= 0")
+
+
+def _int_or_percent(rt: ResourceType, name: str, value: Any, path: str) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0) and not (
+        isinstance(value, str) and re.fullmatch(r"\d+%", value)
+    ):
+        raise _invalid(rt, name, path, f"{value!r}: must be an integer >= 0 or a percentage")
+
+
+def _one_of(rt: ResourceType, name: str, value: Any, path: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        supported = ", ".join(f'"{a}"' for a in allowed)
+        raise _invalid(rt, name, path, f'Unsupported value: "{value}": supported values: {supported}')
+
+
+def _job_template_policy(rt: ResourceType, name: str, template: Any, path: str) -> None:
+    """Job pods must not restart forever: the API server insists on Never or OnFailure."""
+    if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
+        raise _invalid(rt, name, path, "Required value")
+    policy = template["spec"].get("restartPolicy")
+    if policy is None:
+        raise _invalid(rt, name, f"{path}.spec.restartPolicy", 'Required value: "Never" or "OnFailure"')
+    _one_of(rt, name, policy, f"{path}.spec.restartPolicy", ("OnFailure", "Never"))
+
+
+def _default_and_validate_workload(rt: ResourceType, obj: dict[str, Any]) -> None:
+    """Defaults and validation of StatefulSets, DaemonSets, Jobs and CronJobs (the fields clients rely on)."""
+    name = obj["metadata"].get("name", "")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise _invalid(rt, name, "spec", "Required value")
+    if rt.kind == "StatefulSet":
+        _int_field(rt, name, spec, "replicas", "spec", 1)
+        _int_field(rt, name, spec, "revisionHistoryLimit", "spec", 10)
+        _int_field(rt, name, spec, "minReadySeconds", "spec", None)
+        spec.setdefault("podManagementPolicy", "OrderedReady")
+        _one_of(rt, name, spec["podManagementPolicy"], "spec.podManagementPolicy", ("OrderedReady", "Parallel"))
+        strategy = spec.setdefault("updateStrategy", {})
+        if not isinstance(strategy, dict):
+            raise _invalid(rt, name, "spec.updateStrategy", "must be an object")
+        strategy.setdefault("type", "RollingUpdate")
+        _one_of(rt, name, strategy["type"], "spec.updateStrategy.type", ("RollingUpdate", "OnDelete"))
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            if not isinstance(rolling, dict):
+                raise _invalid(rt, name, "spec.updateStrategy.rollingUpdate", "must be an object")
+            _int_field(rt, name, rolling, "partition", "spec.updateStrategy.rollingUpdate", 0)
+        spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
+        _validate_selector_and_template(rt, name, spec)
+    elif rt.kind == "DaemonSet":
+        _int_field(rt, name, spec, "revisionHistoryLimit", "spec", 10)
+        _int_field(rt, name, spec, "minReadySeconds", "spec", None)
+        strategy = spec.setdefault("updateStrategy", {})
+        if not isinstance(strategy, dict):
+            raise _invalid(rt, name, "spec.updateStrategy", "must be an object")
+        strategy.setdefault("type", "RollingUpdate")
+        _one_of(rt, name, strategy["type"], "spec.updateStrategy.type", ("RollingUpdate", "OnDelete"))
+        if strategy["type"] == "RollingUpdate":
+            rolling = strategy.setdefault("rollingUpdate", {})
+            if not isinstance(rolling, dict):
+                raise _invalid(rt, name, "spec.updateStrategy.rollingUpdate", "must be an object")
+            rolling.setdefault("maxUnavailable", 1)
+            rolling.setdefault("maxSurge", 0)
+            for key in ("maxUnavailable", "maxSurge"):
+                _int_or_percent(rt, name, rolling[key], f"spec.updateStrategy.rollingUpdate.{key}")
+            if rolling["maxUnavailable"] in (0, "0%") and rolling["maxSurge"] in (0, "0%"):
+                raise _invalid(
+                    rt, name, "spec.updateStrategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0"
+                )
+        _validate_selector_and_template(rt, name, spec)
+    elif rt.kind == "Job":
+        _job_template_policy(rt, name, spec.get("template"), "spec.template")
+        if spec.get("completions") is None and spec.get("parallelism") is None:
+            spec["completions"] = 1
+        _int_field(rt, name, spec, "parallelism", "spec", 1)
+        _int_field(rt, name, spec, "completions", "spec", None)
+        _int_field(rt, name, spec, "backoffLimit", "spec", 6)
+        _int_field(rt, name, spec, "ttlSecondsAfterFinished", "spec", None)
+        _int_field(rt, name, spec, "activeDeadlineSeconds", "spec", None)
+        spec.setdefault("completionMode", "NonIndexed")
+        spec.setdefault("suspend", False)
+        spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+        if not isinstance(spec["suspend"], bool):
+            raise _invalid(rt, name, "spec.suspend", "must be a boolean")
+        uid = obj["metadata"].get("uid")
+        if not spec.get("manualSelector") and uid and not spec.get("selector"):
+            # What the real registry does: a selector on the Job's own uid, and the labels to match it.
+            spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+            labels = spec["template"].setdefault("metadata", {}).setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels.update(
+                    {
+                        "batch.kubernetes.io/controller-uid": uid,
+                        "batch.kubernetes.io/job-name": name,
+                        "controller-uid": uid,
+                        "job-name": name,
+                    }
+                )
+        _validate_selector_and_template(rt, name, spec)
+    elif rt.kind == "CronJob":
+        if not isinstance(spec.get("schedule"), str) or not spec["schedule"].strip():
+            raise _invalid(rt, name, "spec.schedule", "Required value")
+        spec.setdefault("concurrencyPolicy", "Allow")
+        _one_of(rt, name, spec["concurrencyPolicy"], "spec.concurrencyPolicy", ("Allow", "Forbid", "Replace"))
+        spec.setdefault("suspend", False)
+        _int_field(rt, name, spec, "successfulJobsHistoryLimit", "spec", 3)
+        _int_field(rt, name, spec, "failedJobsHistoryLimit", "spec", 1)
+        job_template = spec.get("jobTemplate")
+        if not isinstance(job_template, dict) or not isinstance(job_template.get("spec"), dict):
+            raise _invalid(rt, name, "spec.jobTemplate", "Required value")
+        template = job_template["spec"].get("template")
+        _job_template_policy(rt, name, template, "spec.jobTemplate.spec.template")
+        _validate_containers(rt, name, template["spec"], "spec.jobTemplate.spec.template.spec")
+        template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
+        _default_pod_spec(template["spec"])
+    obj.setdefault("status", {})

@@ -140,6 +140,16 @@ def age(timestamp: str | None) -> str:
 def _table_columns(rt: ResourceType) -> list[tuple[str, str]]:
     return {
         "Deployment": [("Ready", "string"), ("Up-to-date", "integer"), ("Available", "integer")],
+        "StatefulSet": [("Ready", "string")],
+        "DaemonSet": [
+            ("Desired", "integer"),
+            ("Current", "integer"),
+            ("Ready", "integer"),
+            ("Up-to-date", "integer"),
+            ("Available", "integer"),
+        ],
+        "Job": [("Status", "string"), ("Completions", "string")],
+        "CronJob": [("Schedule", "string"), ("Suspend", "boolean"), ("Active", "integer")],
         "ReplicaSet": [("Desired", "integer"), ("Current", "integer"), ("Ready", "integer")],
         "Pod": [("Ready", "string"), ("Status", "string"), ("Restarts", "string")],
         "Secret": [("Type", "string"), ("Data", "string")],
@@ -158,12 +168,30 @@ def _table_cells(rt: ResourceType, obj: dict[str, Any]) -> list[Any]:
         ]
     if rt.kind == "ReplicaSet":
         return [spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0)]
+    if rt.kind == "StatefulSet":
+        return [f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}"]
+    if rt.kind == "DaemonSet":
+        return [
+            status.get("desiredNumberScheduled", 0),
+            status.get("currentNumberScheduled", 0),
+            status.get("numberReady", 0),
+            status.get("updatedNumberScheduled", 0),
+            status.get("numberAvailable", 0),
+        ]
+    if rt.kind == "Job":
+        done = any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or [])
+        state = "Complete" if done else "Suspended" if spec.get("suspend") else "Running"
+        wanted = spec.get("completions")
+        return [state, f"{status.get('succeeded', 0)}/{wanted if wanted is not None else 1}"]
+    if rt.kind == "CronJob":
+        return [spec.get("schedule", ""), bool(spec.get("suspend")), len(status.get("active") or [])]
     if rt.kind == "Pod":
         statuses = status.get("containerStatuses") or []
         ready = sum(1 for c in statuses if c.get("ready"))
         phase = "Terminating" if obj["metadata"].get("deletionTimestamp") else status.get("phase", "Pending")
         for container in statuses:
-            waiting = (container.get("state") or {}).get("waiting")
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or state.get("terminated")
             if waiting and phase != "Terminating":
                 phase = waiting.get("reason", phase)
         return [f"{ready}/{len(spec.get('containers') or [])}", phase, "0"]
@@ -507,10 +535,15 @@ class Handler(BaseHTTPRequestHandler):
                 )
             body = self._json_body()
             self._check_kind(rt, body)
-            if not rt.client_writable:
+            if not rt.client_writable and rt.kind != "Pod":
                 raise ApiError(
                     405, "MethodNotAllowed", f"{rt.plural} are created by the emulator's controllers, not by clients"
                 )
+            if rt.kind == "Pod":
+                # A bare pod: the simulated kubelet owns its status; it lands on the first node.
+                body["status"] = {"phase": "Pending", "qosClass": "BestEffort", "hostIP": "127.0.0.1"}
+                if isinstance(body.get("spec"), dict):
+                    body["spec"].setdefault("nodeName", "sandbox-node")
             namespace = route.namespace
             meta = body.get("metadata") or {}
             if not isinstance(meta, dict):
@@ -923,6 +956,16 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/_sandbox/reset" and self.command == "POST":
             self._reset_world()
             self._send(200, {"data": {}})
+        elif path == "/_sandbox/cronjobs/run" and self.command == "POST":
+            if controller is None:
+                raise ApiError(404, "NotFound", "no controller is running")
+            namespace, name = body.get("namespace"), body.get("name")
+            if not isinstance(namespace, str) or not isinstance(name, str):
+                raise ApiError(400, "BadRequest", 'POST /_sandbox/cronjobs/run needs {"namespace": .., "name": ..}')
+            with self.app.store.lock:
+                job = controller.run_cronjob(namespace, name)
+            controller.wake.set()
+            self._send(201, {"data": job})
         elif path == "/_sandbox/counters/reset" and self.command == "POST":
             self.app.reset_counters()
             if controller is not None:

@@ -14,7 +14,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.sandbox.k8s.resources import Invalid, ResourceType, apply_defaults_and_validate, validate_name
+from tests.sandbox.k8s.resources import (
+    STATUS_KINDS,
+    Invalid,
+    ResourceType,
+    apply_defaults_and_validate,
+    validate_name,
+)
 
 # How many watch events are kept for watchers that resume from an older resourceVersion.
 EVENT_HISTORY = 20000
@@ -171,6 +177,8 @@ class Store:
                         ],
                     },
                 )
+            # The uid comes first: a Job's generated selector is made of it.
+            meta["uid"] = str(uuid.uuid4())
             try:
                 validate_name(rt, name)
                 apply_defaults_and_validate(rt, obj)
@@ -190,14 +198,13 @@ class Store:
                 meta["namespace"] = namespace
             else:
                 meta.pop("namespace", None)
-            meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
             for managed in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
                 meta.pop(managed, None)
             if rt.has_generation:
                 meta["generation"] = 1
-            if rt.kind == "Deployment":
-                obj["status"] = {}
+            if rt.kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"):
+                obj["status"] = {}  # the controllers own the status: a client's is dropped
             if dry_run:
                 return obj
             self.rv += 1
@@ -256,7 +263,7 @@ class Store:
                         meta.pop(kept, None)
                 if rt.namespaced:
                     meta["namespace"] = namespace
-                if "status" in current and rt.kind in ("Deployment", "ReplicaSet", "Pod", "Namespace"):
+                if "status" in current and rt.kind in STATUS_KINDS:
                     new["status"] = copy.deepcopy(current["status"])
                 try:
                     apply_defaults_and_validate(rt, new)
@@ -330,7 +337,7 @@ class Store:
                     raise ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: status: must be an object')
                 new = copy.deepcopy(current)
                 new["status"] = status if status is not None else {}
-            elif validate and "status" in current and rt.kind in ("Deployment", "ReplicaSet", "Namespace"):
+            elif validate and "status" in current and rt.kind in STATUS_KINDS and rt.kind != "Pod":
                 new["status"] = copy.deepcopy(current["status"])
             if validate:
                 try:

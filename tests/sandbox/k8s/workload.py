@@ -81,6 +81,8 @@ class Workload:
                     pod = pods.get(uid)
                     if pod is None:
                         scheduled.discard(uid)
+                    elif pod.finished:
+                        pass  # its container completed (a Job's pod): it calls no more, and stays scheduled-off
                     elif not pod.token:
                         heapq.heappush(heap, (now + pod.request_interval, uid))  # nothing to call with yet
                     else:
