@@ -113,8 +113,10 @@ class Sandbox:
         workload = _workload_calls(k8s_state)
         by_route = {route: sum(codes.values()) for route, codes in platform_state["requests"]["by_route"].items()}
         by_user = {user: sum(codes.values()) for user, codes in platform_state["requests"]["by_user"].items()}
+        outcomes = dict(k8s_state.get("workload", {}).get("requests", {}))
         return {"platform_by_route": by_route, "platform_admin": by_user.get("admin", 0),
                 "platform_total": platform_state["requests"]["total"], "workload_calls": workload,
+                "workload_by_outcome": outcomes, "workload_failed": _workload_failed(outcomes),
                 "k8s_by_route": k8s_routes, "k8s_total": sum(k8s_routes.values())}
 
 
@@ -122,6 +124,11 @@ def _workload_calls(k8s_state: dict[str, Any]) -> int:
     """Calls the emulator's pods made to the platform (answered, whatever the status)."""
     return sum(count for outcome, count in k8s_state.get("workload", {}).get("requests", {}).items()
                if outcome != "error")
+
+
+def _workload_failed(outcomes: dict[str, int]) -> int:
+    """The pods' calls the platform refused (401 above all: a deactivated token); not transport errors."""
+    return sum(count for outcome, count in outcomes.items() if outcome.isdigit() and int(outcome) >= 400)
 
 
 # -- services --------------------------------------------------------------------------------
@@ -191,6 +198,18 @@ def wait_rollouts_complete(sandbox: Sandbox, services: list[Service], timeout: f
         time.sleep(0.1)
 
 
+def wait_old_pods_gone(sandbox: Sandbox, services: list[Service], timeout: float = 15) -> bool:
+    """Wait until no pod of these services is terminating: their last calls (with the old token) are counted."""
+    wanted = {(s.namespace, s.deployment) for s in services}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = sandbox.k8s("GET", "/_sandbox/state")["pods"]
+        if not any(p["terminating"] and (p["namespace"], p["deployment"]) in wanted for p in pods):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def bare_rollout(sandbox: Sandbox, service: Service, timeout: float = 120) -> float:
     """Seconds from a `kubectl rollout restart`-style patch to a complete rollout, polled every 50 ms."""
     path = f"/apis/apps/v1/namespaces/{service.namespace}/deployments/{service.deployment}"
@@ -216,6 +235,33 @@ def inventory_file(services: list[Service], group_vars: dict[str, Any], path: Pa
                       "credential_rotation_deployments": [s.deployment]} for s in services}
     path.write_text(json.dumps({"services": {"hosts": hosts, "vars": group_vars}}, indent=1))
     return path
+
+
+def plain_inventory_file(services: list[Service], path: Path) -> Path:
+    """The plain playbook's inventory (benchmarks/plain/rotate-plain.yml): one host per service."""
+    hosts = {s.host: {"service_namespace": s.namespace, "service_secret": s.secret,
+                      "service_deployment": s.deployment} for s in services}
+    path.write_text(json.dumps({"services": {"hosts": hosts}}, indent=1))
+    return path
+
+
+def module_processes(path: Path) -> dict[str, Any]:
+    """What benchmarks/profile/module_count/sitecustomize.py recorded: module processes, by module."""
+    by_module: dict[str, int] = {}
+    seconds = 0.0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        by_module[record["module"]] = by_module.get(record["module"], 0) + 1
+        seconds += float(record.get("seconds", 0))
+    return {"processes": sum(by_module.values()), "seconds": round(seconds, 2),
+            "by_module": dict(sorted(by_module.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
 def _secret_data(sandbox: Sandbox, service: Service) -> dict[str, str]:
@@ -453,7 +499,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-# -- the two contenders' command lines --------------------------------------------------------
+# -- the contenders' command lines --------------------------------------------------------
 
 
 def shell_env(sandbox: Sandbox, kubectl: Path, home: Path) -> dict[str, str]:

@@ -1,10 +1,14 @@
-"""`make bench`: the collection against the reference document's shell automation, side by side.
+"""`make bench`: the collection against what operators would use without it, side by side.
 
     .venv/bin/python -m benchmarks.run [--scenarios single,fleet,daily] [--quick] ...
 
-Every run gets a fresh sandbox (except the daily check, whose 500 credentials nothing changes),
-the contenders alternate within each repetition, and every rotation is checked afterwards: a
-contender that did not rotate correctly is reported as failed, not as fast. Writes
+Four contenders: the reference document's auto-rotate.sh in a sequential cron loop (shell) and
+for every service at once with `xargs -P` (parallel), a plain playbook of the document's steps
+with stock modules (plain, benchmarks/plain/rotate-plain.yml), and this collection's
+playbooks/rotate.yml (collection). Every run gets a fresh sandbox (except the daily check, whose
+500 credentials nothing changes), the contenders alternate within each repetition, and every
+rotation is checked afterwards: a contender that did not rotate correctly is reported as failed,
+not as fast. Writes
 benchmarks/results.json (raw numbers) and benchmarks/results.md (the tables); logs of every run
 go to benchmarks/out/ (ignored by git). docs/benchmarks.md explains the method.
 """
@@ -40,18 +44,32 @@ from benchmarks.harness import (
     count_leaks,
     inventory_file,
     known_tokens,
+    module_processes,
+    plain_inventory_file,
     pod_timings,
     run_measured,
     seed_services,
     services_file,
     shell_env,
+    wait_old_pods_gone,
 )
 
 SHELL = "shell"
+PARALLEL = "parallel"
+PLAIN = "plain"
 COLLECTION = "collection"
+CONTENDERS = (SHELL, PARALLEL, PLAIN, COLLECTION)
+PLAYBOOKS = (PLAIN, COLLECTION)
+# The daily check keeps its two contenders: the plain playbook would start two module processes
+# for each of the 500 services (minutes), and the targets there are the collection's own.
+DAILY_CONTENDERS = (SHELL, COLLECTION)
+PLAIN_PLAYBOOK = REPO / "benchmarks" / "plain" / "rotate-plain.yml"
+MODULE_COUNTER = REPO / "benchmarks" / "profile" / "module_count"
 # A rollout of "a fixed few seconds": 2 replicas, one at a time (maxSurge 1, maxUnavailable 0),
 # each pod 1.0 s to start and 0.5 s to become ready. Pods call the API once a second.
 ROLLOUT_TIMINGS = pod_timings(start=1.0, ready=0.5, grace=1.0, interval=1.0)
+# The fleet's services roll out in about 2 s: the same 2 replicas, 0.6 s to start, 0.4 s more to be ready.
+FLEET_TIMINGS = pod_timings(start=0.6, ready=0.4, grace=1.0, interval=1.0)
 REPLICAS = 2
 # The daily check's 500 services: one quiet pod each (the check never restarts them).
 QUIET_TIMINGS = pod_timings(start=0.2, ready=0.1, grace=0.5, interval=600)
@@ -107,11 +125,12 @@ class Bench:
             "bash": version(["bash", "--version"]),
             "inventory_group_vars": self.group_vars,
             "forks": self.args.forks,
+            "parallel_cap": self.args.parallel,
             "contenders": self.args.contenders,
             "repetitions": {"single": self.args.single_reps, "fleet": self.args.fleet_reps,
                             "daily": self.args.daily_reps},
             "fleet_size": self.args.fleet_size, "daily_size": self.args.daily_size,
-            "rollout_timings": ROLLOUT_TIMINGS, "replicas": REPLICAS,
+            "rollout_timings": ROLLOUT_TIMINGS, "fleet_rollout_timings": FLEET_TIMINGS, "replicas": REPLICAS,
         }
 
     def sandbox(self) -> Sandbox:
@@ -129,22 +148,42 @@ class Bench:
             script = {"rotate": "cron-rotate-all.sh", "check": "cron-check-all.sh"}[job]
             return (["bash", str(SHELL_DIR / script), str(listing)],
                     shell_env(sandbox, self.kubectl, self.out / f"{tag}.home"))
-        playbook = REPO / "playbooks" / {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
-        inventory = inventory_file(services, self.group_vars, self.out / f"{tag}.inventory.json")
+        if who == PARALLEL:
+            if job != "rotate":
+                raise BenchError("the parallel script only rotates")
+            listing = services_file(services, self.out / f"{tag}.services")
+            return (["bash", str(SHELL_DIR / "parallel-rotate-all.sh"), str(listing),
+                     str(self.parallelism(len(services)))],
+                    shell_env(sandbox, self.kubectl, self.out / f"{tag}.home"))
+        if who == PLAIN:
+            if job != "rotate":
+                raise BenchError("the plain playbook only rotates")
+            playbook = PLAIN_PLAYBOOK
+            inventory = plain_inventory_file(services, self.out / f"{tag}.inventory.json")
+        else:
+            playbook = REPO / "playbooks" / {"rotate": "rotate.yml", "check": "check_expiry.yml"}[job]
+            inventory = inventory_file(services, self.group_vars, self.out / f"{tag}.inventory.json")
         cmd = [str(VENV_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory)]
         if self.args.forks:
             cmd += ["--forks", str(self.args.forks)]
         env = ansible_env(sandbox)
-        # Per-task timings (names and seconds only) for the "where the time goes" tables.
+        # Per-task timings (names and seconds only) for the "where the time goes" tables, and
+        # one line per module process (name and seconds only) for the module counts.
         env.update({"ANSIBLE_CALLBACK_PLUGINS": str(REPO / "benchmarks" / "profile" / "callback_plugins"),
                     "ANSIBLE_CALLBACKS_ENABLED": "bench_task_timing",
-                    "BENCH_TASK_TIMING_FILE": str(self.out / f"{tag}.tasks.json")})
-        if self.args.profile:
+                    "BENCH_TASK_TIMING_FILE": str(self.out / f"{tag}.tasks.json"),
+                    "BENCH_MODULE_LOG": str(self.out / f"{tag}.modules.jsonl"),
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(MODULE_COUNTER), env.get("PYTHONPATH")) if p)})
+        if self.args.profile and who == COLLECTION:
             # py-spy samples ansible-playbook and every worker and module process it starts; the
             # sampling slows the run, so profiled runs say where time goes, not how much there is.
             cmd = [str(VENV_BIN / "py-spy"), "record", "--subprocesses", "--format", "raw", "--rate", "50",
                    "--nonblocking", "-o", str(self.out / f"{tag}.pyspy.txt"), "--", *cmd]
         return cmd, env
+
+    def parallelism(self, services: int) -> int:
+        """xargs -P of the parallel script: every service at once, up to --parallel."""
+        return max(1, min(services, self.args.parallel)) if self.args.parallel else services
 
     def measure(self, who: str, job: str, sandbox: Sandbox, services: list[Service], tag: str,
                 observe: bool, expect: str) -> dict[str, Any]:
@@ -162,6 +201,9 @@ class Bench:
                 time.sleep(0.05)
             observer.stopping.set()
             observer.join()
+            # The old pods' last calls (with the old token) count against the contender that
+            # deactivated it: wait for them to end before reading the counters.
+            wait_old_pods_gone(sandbox, services)
         counters = sandbox.counters()
         problems = check_rotated(sandbox, services) if expect == "rotated" else check_unchanged(sandbox, services)
         text = (REPO / measured.log).read_text(errors="replace")
@@ -170,8 +212,12 @@ class Bench:
                                "ok": measured.returncode == 0 and not problems, "problems": shown,
                                "token_leaks": count_leaks(text, known_tokens(sandbox, services))}
         timings = self.out / f"{tag}.tasks.json"
-        if who != SHELL and timings.exists():
+        if who in PLAYBOOKS and timings.exists():
             run["tasks"] = report.task_profile(json.loads(timings.read_text()))
+        if who in PLAYBOOKS:
+            run["modules"] = module_processes(self.out / f"{tag}.modules.jsonl")
+        if who == PARALLEL:
+            run["parallel"] = self.parallelism(len(services))
         if observer:
             window = observer.window
             starts, ends = list(window.started.values()), list(window.completed.values())
@@ -187,9 +233,10 @@ class Bench:
                  f"{'' if run['ok'] else ' FAILED: ' + '; '.join(run['problems'][:2]) or ''}")
         return run
 
-    def order(self, rep: int) -> list[str]:
-        # Alternate who goes first, so a slow spell of the shared machine hits both.
-        chosen = [who for who in (SHELL, COLLECTION) if who in self.args.contenders]
+    def order(self, rep: int, among: tuple[str, ...] = CONTENDERS) -> list[str]:
+        # Alternate the order (forwards, then backwards), so a slow spell of the shared machine
+        # hits every contender; the collection and the plain playbook are neighbours either way.
+        chosen = [who for who in CONTENDERS if who in self.args.contenders and who in among]
         return chosen if rep % 2 == 0 else chosen[::-1]
 
     # -- scenarios -----------------------------------------------------------------------------
@@ -211,10 +258,10 @@ class Bench:
             for who in self.order(rep):
                 with self.sandbox() as sandbox:
                     services = seed_services(sandbox, "svc", self.args.fleet_size, REPLICAS, DUE_DAYS,
-                                             ROLLOUT_TIMINGS)
+                                             FLEET_TIMINGS)
                     # One more service, rolled out alone before the contender starts: the duration of
                     # "a single rollout" the target is stated against, on the same busy sandbox.
-                    calib = seed_services(sandbox, "calib", 1, REPLICAS, NOT_DUE_DAYS, ROLLOUT_TIMINGS)[0]
+                    calib = seed_services(sandbox, "calib", 1, REPLICAS, NOT_DUE_DAYS, FLEET_TIMINGS)[0]
                     calibration.append(bare_rollout(sandbox, calib))
                     time.sleep(0.3)
                     runs.append({"rep": rep, **self.measure(who, "rotate", sandbox, services, f"fleet-{rep}-{who}",
@@ -229,7 +276,7 @@ class Bench:
             have_check = (REPO / "playbooks" / "check_expiry.yml").exists()
             for rep in range(self.args.daily_reps):
                 for job in ("check", "rotate"):
-                    for who in self.order(rep):
+                    for who in self.order(rep, DAILY_CONTENDERS):
                         if who == COLLECTION and job == "check" and not have_check:
                             continue
                         runs.append({"rep": rep, **self.measure(who, job, sandbox, services,
@@ -270,10 +317,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--single-reps", type=int, default=5)
     parser.add_argument("--fleet-reps", type=int, default=2)
     parser.add_argument("--daily-reps", type=int, default=2)
-    parser.add_argument("--contenders", default="shell,collection",
-                        help="comma-separated: shell, collection; default both")
-    parser.add_argument("--fleet-size", type=int, default=50)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated: shell (sequential loop), parallel (xargs -P), plain (stock-module "
+                             "playbook), collection; default all (the daily check runs shell and collection only)")
+    parser.add_argument("--fleet-size", type=int, default=20)
     parser.add_argument("--daily-size", type=int, default=500)
+    parser.add_argument("--parallel", type=int, default=20, metavar="N",
+                        help="the parallel script's xargs -P: every service at once, at most N (default 20; "
+                             "0: no cap)")
     parser.add_argument("--forks", type=int, default=20,
                         help="ansible-playbook --forks (default 20, the fleet guide's example; 0: ansible.cfg's)")
     parser.add_argument("--profile", action="store_true",
@@ -293,14 +344,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from single, fleet, daily")
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    if not args.contenders or set(args.contenders) - {SHELL, COLLECTION}:
-        parser.error("--contenders takes shell and collection, separated by a comma")
+    if not args.contenders or set(args.contenders) - set(CONTENDERS):
+        parser.error(f"--contenders takes {', '.join(CONTENDERS)}, separated by commas")
     if args.quick:
         args.single_reps = args.fleet_reps = args.daily_reps = 1
         args.fleet_size, args.daily_size = min(args.fleet_size, 3), min(args.daily_size, 10)
     for name in ("single_reps", "fleet_reps", "daily_reps", "fleet_size", "daily_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.parallel < 0:
+        parser.error("--parallel must be 0 (no cap) or more")
     return args
 
 
@@ -317,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(report.markdown(results))
         print(f"wrote {args.markdown} from {args.render}")
         return 0
-    for tool in ("curl", "jq", "bash", "base64"):
+    for tool in ("curl", "jq", "bash", "base64", "xargs"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not installed; the shell contender needs it (apt-get install {tool}).",
                   file=sys.stderr)
