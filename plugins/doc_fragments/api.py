@@ -20,7 +20,9 @@ options:
   api_token:
     description:
       - Platform admin bearer token used to manage system users.
-      - If not set, the E(XAPI_TOKEN) environment variable is used, then E(XAPI_ADMIN_TOKEN).
+      - If not set, the E(XAPI_ADMIN_TOKEN) environment variable is used, else E(XAPI_TOKEN). E(XAPI_ADMIN_TOKEN)
+        comes first because it is what the collection's AWX credential type injects, so a stray E(XAPI_TOKEN)
+        in the environment cannot replace it. A variable set to an empty string counts as not set.
       - Never printed; messages, diffs and logs carry at most its fingerprint.
     type: str
   validate_certs:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -23,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.errors import AnsibleFallbackNotFound
 
 REQUESTS_IMPORT_ERROR: str | None = None
 try:
@@ -65,6 +68,17 @@ EXPIRES_IN_DAYS_RANGE = (1, 365)
 # latency of a fleet's calls, few enough not to look like a flood to the platform.
 MAX_CONCURRENCY = 16
 
+# Where api_token comes from when the task does not set it, first one set and not empty wins.
+# XAPI_ADMIN_TOKEN first: it is what AWX's credential type injects, and a stray XAPI_TOKEN in an
+# operator's shell (often a service's own token) must not silently replace it.
+TOKEN_ENV = ("XAPI_ADMIN_TOKEN", "XAPI_TOKEN")
+MISSING_TOKEN = "api_token is required: set it or the XAPI_ADMIN_TOKEN (or XAPI_TOKEN) environment variable."
+
+# Answers of the list route that mean "this platform has no list route" rather than a failure.
+NO_LIST_STATUSES = (404, 405, 501)
+# The name the capability probe filters by: valid, and not one anybody gives a credential.
+PROBE_NAME = "xapi-system-auth-capability-probe"
+
 # Both token kinds of the platform, so that a token echoed by a proxy or by the API itself is
 # scrubbed from messages even when this process never held it.
 _TOKEN_PATTERN = re.compile(r"\bx(?:su|adm)_[A-Za-z0-9_-]{8,}")
@@ -86,6 +100,39 @@ class XapiError(Exception):
         self.status = status
         self.code = code
         self.details = details
+
+
+class NoListRoute(XapiError):
+    """The platform serves no list route, so a lookup by name (or a listing) cannot be made."""
+
+
+class Capabilities:
+    """What the platform was seen to serve, learned at first use and kept for the client's life.
+
+    A module run is one process with one client, so "for the client" is "for the process". ``list``
+    and ``name_filter`` are None until the list route was asked; ``fields`` are the keys of the user
+    objects the platform sent so far (never ``token``), in the order first seen.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.list: bool | None = None
+        self.name_filter: bool | None = None
+        # Why there is no list route, for the sentence that says so: "HTTP 405", ...
+        self.no_list_reason = ""
+        self.fields: list[str] = []
+
+    def note_fields(self, user: Any) -> None:
+        if not isinstance(user, dict):
+            return
+        with self.lock:
+            for key in user:
+                if key != "token" and key not in self.fields:
+                    self.fields.append(key)
+
+    def as_result(self) -> dict[str, Any]:
+        with self.lock:
+            return {"list": self.list, "name_filter": self.name_filter, "fields": list(self.fields)}
 
 
 class _OutcomeUnknown(Exception):
@@ -143,8 +190,33 @@ def is_expired(expires_at: str | datetime, now: datetime | None = None) -> bool:
     return (now or datetime.now(UTC)) >= expiry
 
 
+def is_active(user: dict[str, Any], now: datetime | None = None) -> bool:
+    """Whether a user is active: its own ``active`` field when the platform sends one.
+
+    A platform whose objects carry no ``active`` (the reference document shows none) gets the
+    answer from what it does send: inactive once ``deactivated_at`` is set or ``expires_at`` has
+    passed (expiry deactivates by itself), else active.
+    """
+    if "active" in user:
+        return bool(user["active"])
+    if user.get("deactivated_at"):
+        return False
+    expires_at = user.get("expires_at")
+    if expires_at:
+        try:
+            return not is_expired(str(expires_at), now)
+        except (ValueError, OverflowError):
+            return True
+    return True
+
+
 def describe_user(user: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
-    """The API object plus the derived expiry fields every module returns; never a token."""
+    """The API object plus the derived fields every module returns; never a token.
+
+    ``days_remaining`` and ``expired`` come from ``expires_at``; ``active`` is added (see
+    :func:`is_active`) when the platform's object has none. No other missing field is made up:
+    ``capabilities`` says which fields the platform really sends.
+    """
     described = {key: value for key, value in user.items() if key != "token"}
     expires_at = user.get("expires_at")
     if expires_at:
@@ -153,6 +225,8 @@ def describe_user(user: dict[str, Any], now: datetime | None = None) -> dict[str
     else:
         described["days_remaining"] = None
         described["expired"] = False
+    if "active" not in described:
+        described["active"] = is_active(user, now)
     return described
 
 
@@ -160,10 +234,23 @@ def describe_user(user: dict[str, Any], now: datetime | None = None) -> dict[str
 # Options shared by every module (documented once in plugins/doc_fragments/api.py)
 
 
+def first_set_env(*names: str) -> str:
+    """The value of the first of ``names`` that is set and not empty (an argument spec fallback).
+
+    Unlike env_fallback, an empty variable does not hide the next one: AWX injects an optional
+    credential field left blank as ''.
+    """
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    raise AnsibleFallbackNotFound
+
+
 def connection_argument_spec() -> dict[str, Any]:
     return {
         "api_url": {"type": "str", "fallback": (env_fallback, ["XAPI_URL"])},
-        "api_token": {"type": "str", "no_log": True, "fallback": (env_fallback, ["XAPI_TOKEN", "XAPI_ADMIN_TOKEN"])},
+        "api_token": {"type": "str", "no_log": True, "fallback": (first_set_env, list(TOKEN_ENV))},
         "validate_certs": {"type": "bool", "default": True},
         "ca_path": {"type": "path", "fallback": (env_fallback, ["XAPI_CA_PATH"])},
         "timeout": {"type": "float", "default": 30},
@@ -273,6 +360,10 @@ class XapiClient:
         # The server's clock when it last answered: expiry arithmetic follows the platform, not
         # the controller, whose clock may be skewed (and the sandbox's clock can be moved).
         self._server_clock: tuple[datetime, float] | None = None
+        self.caps = Capabilities()
+        self._probe_lock = threading.Lock()
+        # name -> ids of the active users of that name at the last lookup (see create_user).
+        self._active_seen: dict[str, set[str]] = {}
 
         if timeout <= 0:
             raise XapiError(f"timeout must be a positive number of seconds, got {timeout:g}.")
@@ -376,7 +467,7 @@ class XapiClient:
         """
         bearer = token if token is not None else self.api_token
         if not bearer:
-            raise XapiError("api_token is required: set it or the XAPI_TOKEN environment variable.")
+            raise XapiError(MISSING_TOKEN)
         self._secrets.add(bearer)
         headers = {"Authorization": f"Bearer {bearer}"}
         url = self.base_url + path
@@ -558,10 +649,95 @@ class XapiClient:
         if response.status_code != 200:
             raise self._fail(response, what=f"read system user {user_id}", not_found=f"system user {user_id} was "
                              "not found")
-        return self._decode(response, dict)
+        return self._user(response)
 
-    def list_users(self, name: str | None = None, active: bool | None = None) -> list[dict[str, Any]]:
-        """Every system user (of that name, with that state), newest first, across all pages."""
+    # -- capabilities ---------------------------------------------------------------------------
+
+    def _user(self, response: requests.Response) -> dict[str, Any]:
+        """The user object of a success answer, its fields noted in the capabilities."""
+        user = self._decode(response, dict)
+        self.caps.note_fields(user)
+        return user
+
+    def _no_list(self, reason: str) -> None:
+        with self.caps.lock:
+            self.caps.list = False
+            self.caps.name_filter = False
+            self.caps.no_list_reason = reason
+
+    def _list_page(self, response: requests.Response, name: str | None) -> tuple[list[dict[str, Any]], Any] | None:
+        """One page of the list route and its ``meta``, or None when the answer means there is no list route.
+
+        404, 405 and 501, an HTML (or other non-JSON) page in place of a success, and a success that
+        is not the documented list (``data`` a list, with ``meta``) all mean "no list route": then a
+        lookup by name is impossible, not failed. Every other status is an error as anywhere else,
+        and so is a body that says it is JSON but does not parse (a broken answer, not another route).
+        """
+        status = response.status_code
+        if status in NO_LIST_STATUSES:
+            self._no_list(f"HTTP {status}")
+            return None
+        if status != 200:
+            raise self._fail(response, what="list system users")
+        kind = (response.headers.get("Content-Type") or "no content type").split(";")[0].strip().lower()
+        try:
+            body = response.json()
+        except ValueError:
+            if kind == "application/json" or kind.endswith("+json"):
+                self._decode(response, list)  # raises the sentence about a body that is not the expected JSON
+            body = None
+        if not isinstance(body, dict):
+            self._no_list(f"HTTP 200 with {kind} instead of the JSON list")
+            return None
+        batch, meta = body.get("data"), body.get("meta")
+        if not isinstance(batch, list) or not isinstance(meta, dict):
+            self._no_list("HTTP 200 without the documented list and its meta")
+            return None
+        users = [u for u in batch if isinstance(u, dict)]
+        for user in users:
+            self.caps.note_fields(user)
+        with self.caps.lock:
+            self.caps.list = True
+            if name is not None:
+                if any(u.get("name") != name for u in users):
+                    self.caps.name_filter = False
+                elif self.caps.name_filter is None:
+                    self.caps.name_filter = True
+        return users, meta
+
+    def no_list_message(self, purpose: str) -> str:
+        """The sentence for a lookup that needs the list route this platform does not serve."""
+        return (f"{purpose} needs the platform's list route, which it does not serve "
+                f"({self.caps.no_list_reason or 'no list route'}); look the credential up by id or token instead.")
+
+    def can_list(self) -> bool:
+        """Whether the platform serves the list route; asked once (one small request), then known."""
+        with self._probe_lock:
+            if self.caps.list is None:
+                response = self._send("GET", USERS_PATH, params={"name": PROBE_NAME, "page": 1, "per_page": 1})
+                self._list_page(response, PROBE_NAME)
+        return bool(self.caps.list)
+
+    def capabilities(self, probe: bool = True) -> dict[str, Any]:
+        """``{"list", "name_filter", "fields"}`` as learned so far.
+
+        With ``probe``, an unknown list route is asked first, when there is an admin token to ask with.
+        """
+        if probe and self.caps.list is None and self.api_token:
+            self.can_list()
+        return self.caps.as_result()
+
+    # -- the API, continued -------------------------------------------------------------------
+
+    def list_users(self, name: str | None = None, active: bool | None = None,
+                   purpose: str = "listing system users") -> list[dict[str, Any]]:
+        """Every system user (of that name, with that state), newest first, across all pages.
+
+        The filters are applied here as well, so a platform that ignores one still gives the right
+        answer. Raises NoListRoute (with ``purpose`` in its sentence) on a platform without the route.
+        """
+        if self.caps.list is False:
+            raise NoListRoute(self.no_list_message(purpose))
         users: list[dict[str, Any]] = []
         page = 1
         while True:
@@ -571,23 +747,29 @@ class XapiClient:
             if active is not None:
                 params["active"] = "true" if active else "false"
             response = self._send("GET", USERS_PATH, params=params)
-            if response.status_code != 200:
-                raise self._fail(response, what="list system users")
-            batch = self._decode(response, list)
-            users.extend(u for u in batch if isinstance(u, dict))
+            listed = self._list_page(response, name)
+            if listed is None:
+                raise NoListRoute(self.no_list_message(purpose), status=response.status_code)
+            batch, meta = listed
+            users.extend(batch)
             try:
-                total_pages: int | None = int(response.json()["meta"]["total_pages"])
+                total_pages: int | None = int(meta["total_pages"])
             except (ValueError, TypeError, KeyError):
                 total_pages = None
-            # Without meta, a short page is the last one.
+            # Without total_pages, a short page is the last one.
             last = page >= total_pages if total_pages is not None else len(batch) < LIST_PAGE_SIZE
             if last or not batch or page >= MAX_PAGES:
-                return users
+                break
             page += 1
+        now = self.now()
+        return [u for u in users
+                if (name is None or u.get("name") == name) and (active is None or is_active(u, now) == active)]
 
     def find_active(self, name: str) -> dict[str, Any] | None:
-        # The API filters by name; the exact comparison guards against a platform that matches loosely.
-        matches = [u for u in self.list_users(name=name, active=True) if u.get("name") == name and u.get("active")]
+        """The active user of that name, newest first; raises NoListRoute without a list route."""
+        matches = self.list_users(name=name, active=True, purpose="looking a system user up by name")
+        with self.caps.lock:
+            self._active_seen[name] = {str(u.get("id")) for u in matches}
         return matches[0] if matches else None
 
     def deactivate_user(self, user_id: str) -> dict[str, Any]:
@@ -596,7 +778,9 @@ class XapiClient:
         if response.status_code != 200:
             raise self._fail(response, what=f"deactivate system user {user_id}",
                              not_found=f"system user {user_id} was not found")
-        return self._decode(response, dict)
+        user = self._user(response)
+        # The 200 itself says it is inactive now, whatever fields the object carries.
+        return user if "active" in user else dict(user, active=False)
 
     def token_info(self, token: str) -> dict[str, Any]:
         """The system user that owns ``token``, asked with that token itself."""
@@ -607,7 +791,7 @@ class XapiClient:
                             "token-info): pass the service's own token.", status=403, code=code)
         if response.status_code != 200:
             raise self._fail(response, what="read its own token information")
-        return self._decode(response, dict)
+        return self._user(response)
 
     def verify_access(self, token: str) -> None:
         """Raises unless ``token`` can call an ordinary API route (the tenants list)."""
@@ -624,17 +808,26 @@ class XapiClient:
         deactivated (nobody can be using it) and the create is sent once more. A second orphan is
         deactivated too and the call fails, so at most one active user of that name ever results and
         it is always one whose token the caller holds.
+
+        A platform without a list route cannot be asked whether the lost create happened: the call
+        then fails at once, naming the credential to look for, and never sends a second create.
         """
         body: dict[str, Any] = {"name": name, "expires_in_days": expires_in_days}
         if description is not None:
             body["description"] = description
         orphans: list[str] = []
         unknown_outcomes = 0
-        if self._server_clock is None:
-            # Learn the platform's clock first (modules have already looked the name up by now).
-            self.find_active(name)
-        # Users of this name created from here on can only be this call's; the slack covers the
+        if self.caps.list is not False and (self._server_clock is None or name not in self._active_seen):
+            # Learn the platform's clock and who holds the name now (modules have usually looked
+            # the name up already); a platform without a list route says so here.
+            try:
+                self.find_active(name)
+            except NoListRoute:
+                pass
+        # Users of this name created from here on can only be this call's: active ones not seen
+        # before it, created (when the platform says when) after it began; the slack covers the
         # one-second resolution of created_at and of the Date header the clock follows.
+        seen_before = self._active_seen.get(name)
         started = self.now() - timedelta(seconds=CLOCK_SLACK_SECONDS)
         failures = 0
         last_reason = ""
@@ -646,8 +839,9 @@ class XapiClient:
                 response = None
                 last_reason = unknown.reason
             else:
-                if response.status_code == 201:
-                    user = self._decode(response, dict)
+                # 201 as documented by the sandbox; 200 from a platform that answers creates that way.
+                if response.status_code in (200, 201):
+                    user = self._user(response)
                     token = user.get("token")
                     if not isinstance(token, str) or not token:
                         raise XapiError(f"the platform API at {self.host} created system user {user.get('id')} but "
@@ -656,13 +850,31 @@ class XapiClient:
                     self._secrets.add(token)
                     return user, token
                 if response.status_code == 409 and not unknown_outcomes:
-                    raise self._fail(response, what=f"create system user {name}")
+                    raise self._conflict(response, name)
                 if response.status_code not in RETRYABLE_STATUSES and response.status_code != 409:
                     raise self._fail(response, what=f"create system user {name}")
                 # A proxy's 5xx may hide a create that happened; a 409 after a lost answer means
                 # the earlier attempt committed after the lookup.
                 last_reason = f"HTTP {response.status_code}"
                 retry_after = self._retry_after(response)
+
+            rate_limited = response is not None and response.status_code == 429
+            if self.caps.list is False and not rate_limited:
+                # Nothing can tell whether it happened, so nothing may be sent again.
+                raise XapiError(
+                    f"the answer to creating system user {name} was lost ({last_reason}), so the platform may "
+                    f"hold an active system user named {name} whose token was lost; it has no list route to find "
+                    f"it ({self.caps.no_list_reason}): deactivate it by id in the platform's console, then re-run "
+                    "the task.")
+            if self.caps.list is False:
+                # 429 means the platform did not carry the create out: sending it again is safe.
+                failures += 1
+                if failures > self.retries:
+                    raise XapiError(f"could not create system user {name} at {self.host} {self._attempts()} (last: "
+                                    f"{last_reason}): nothing was created, re-run the task later.")
+                self._sleep(min(retry_after if retry_after is not None else BACKOFF_FACTOR * (2 ** failures),
+                                BACKOFF_MAX))
+                continue
             unknown_outcomes += 1
 
             if response is None or response.status_code != 409:
@@ -670,7 +882,7 @@ class XapiClient:
                 self._sleep(min(retry_after if retry_after is not None else BACKOFF_FACTOR * (2 ** failures),
                                 BACKOFF_MAX))
             appeared = self.find_active(name)
-            if appeared is not None and not self._created_since(appeared, started):
+            if appeared is not None and not self._is_ours(appeared, started, seen_before):
                 # Someone else's user, made before this call began: not ours to deactivate.
                 raise XapiError(f"an active system user named {name} ({appeared.get('id')}) exists that this task "
                                 "did not create: check who else manages that name, then re-run the task.",
@@ -692,6 +904,24 @@ class XapiClient:
                 raise XapiError(f"could not create system user {name} at {self.host} {self._attempts()} (last: "
                                 f"{last_reason}){ids}: nothing usable was created, re-run the task later.",
                                 orphaned_ids=orphans)
+
+    def _conflict(self, response: requests.Response, name: str) -> XapiError:
+        """The 409 of a create whose name an active user holds; without a list route, how to find it."""
+        error = self._fail(response, what=f"create system user {name}")
+        if self.caps.list is False:
+            error.msg = (f"{error.msg.rstrip('.')}; the platform has no list route to show which system user holds "
+                         f"that name ({self.caps.no_list_reason}): find it by id in the platform's console and "
+                         "deactivate it, or choose another name.")
+        return error
+
+    def _is_ours(self, user: dict[str, Any], started: datetime, seen_before: set[str] | None) -> bool:
+        """Whether an active user of the name, found after a lost answer, was created by this call."""
+        if seen_before is not None and str(user.get("id")) in seen_before:
+            return False
+        if "created_at" in user:
+            return self._created_since(user, started)
+        # No creation time: only "not there before this call" can tell, when it is known.
+        return seen_before is not None
 
     @staticmethod
     def _created_since(user: dict[str, Any], moment: datetime) -> bool:
@@ -730,7 +960,7 @@ def new_module(argument_spec: dict[str, Any], **kwargs: Any) -> AnsibleModule:
 def client_from_module(module: AnsibleModule, *, pool_maxsize: int = 10, token_required: bool = True) -> XapiClient:
     params = module.params
     if token_required and not params.get("api_token"):
-        raise XapiError("api_token is required: set it or the XAPI_TOKEN environment variable.")
+        raise XapiError(MISSING_TOKEN)
     return XapiClient(
         params.get("api_url"),
         params.get("api_token"),

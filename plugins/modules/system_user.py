@@ -24,6 +24,12 @@ description:
     all, its token is lost, so the module deactivates that orphan and creates the user once more.
     If that answer is lost as well, the second orphan is deactivated too and the module fails.
     Either way at most one active user of that name results, and its token is the one returned.
+  - On a platform without the list route (RV(capabilities.list=false)), the name cannot be looked
+    up. The module then sends the create without a lookup (an active user of that name makes the
+    platform refuse it with HTTP 409, and the task fails saying so), and a lost create answer fails the
+    task at once, naming the system user that may now exist with a lost token; it never sends a second
+    create. Only an HTTP 429 answer, which means the platform did not carry the create out, is retried
+    there. See the compatibility guide of the collection.
   - With O(users), every item is checked before any call (a bad item fails the task and changes
     nothing), then each is ensured as with O(name). An item that fails does not stop the others;
     the task then fails with every item's outcome still in RV(results), so a task with
@@ -184,14 +190,17 @@ system_user:
       returned: success
       sample: Rotated credential of the billing service
     active:
-      description: Whether it is active (not deactivated).
+      description:
+        - Whether it is active (not deactivated).
+        - When the platform's object has no C(active) field, derived - inactive once C(deactivated_at) is set
+          or C(expires_at) has passed, else active.
       type: bool
       returned: success
       sample: true
     created_at:
       description: Creation time, RFC 3339 UTC.
       type: str
-      returned: success
+      returned: success, when the platform sends it (see RV(capabilities.fields))
       sample: "2026-12-03T02:00:05Z"
     expires_at:
       description: Expiry time of its token, RFC 3339 UTC.
@@ -201,12 +210,12 @@ system_user:
     deactivated_at:
       description: Deactivation time, or V(null).
       type: str
-      returned: success
+      returned: success, when the platform sends it (see RV(capabilities.fields))
       sample: null
     last_used_at:
       description: Last time its token was used, or V(null).
       type: str
-      returned: success
+      returned: success, when the platform sends it (see RV(capabilities.fields))
       sample: null
     days_remaining:
       description: Whole days until expiry (rounded down, negative once expired), by the platform's clock.
@@ -218,6 +227,37 @@ system_user:
       type: bool
       returned: success
       sample: false
+capabilities:
+  description:
+    - What this module run learned of the platform, without any extra call, so that a caller can
+      choose what it may rely on.
+  returned: success
+  type: dict
+  contains:
+    list:
+      description:
+        - Whether the platform serves the list route C(GET /api/v1/system-users) (the name lookup needs it).
+        - V(false) when it answered 404, 405 or 501, an HTML page, or a list without C(meta).
+        - V(null) when no lookup was made (an empty O(users)).
+      type: bool
+      returned: success
+      sample: true
+    name_filter:
+      description:
+        - Whether the list route filters by C(name) (the module compares names itself either way).
+        - V(false) without a list route; V(null) when not yet seen.
+      type: bool
+      returned: success
+      sample: true
+    fields:
+      description:
+        - The fields of the system user objects the platform sent during this run, in the order first
+          seen; never C(token). Empty when it sent none (for example a lookup that found nobody).
+        - For example a usage check needs C(last_used_at).
+      type: list
+      elements: str
+      returned: success
+      sample: [id, name, description, active, created_at, expires_at, deactivated_at, last_used_at]
 token:
   description:
     - The new system user's token.
@@ -329,6 +369,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
+    NoListRoute,
     XapiClient,
     XapiError,
     client_from_module,
@@ -355,7 +396,12 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
     validate_expires_in_days(params["expires_in_days"])
     description = params.get("description")
 
-    existing = client.find_active(name)
+    try:
+        existing = client.find_active(name)
+        unlisted = False
+    except NoListRoute:
+        # Nothing can tell whether the name is taken; the create's own 409 will, if it is.
+        existing, unlisted = None, True
     if existing is not None:
         user = describe_user(existing, client.now())
         result: dict = {"changed": False, "system_user": user,
@@ -379,8 +425,11 @@ def ensure_present(client: XapiClient, params: dict, check_mode: bool, diff: boo
             "deactivated_at": None,
             "last_used_at": None,
         }
-        result = {"changed": True, "system_user": describe_user(planned, now),
-                  "msg": f"system user {name} would be created"}
+        msg = f"system user {name} would be created"
+        if unlisted:
+            msg += (f"; the platform has no list route ({client.caps.no_list_reason}), so whether an active user "
+                    "of that name exists was not checked")
+        result = {"changed": True, "system_user": describe_user(planned, now), "msg": msg}
     else:
         created, token = client.create_user(name, description, params["expires_in_days"])
         result = {
@@ -454,6 +503,12 @@ def ensure_all_present(client: XapiClient, items: list[dict], check_mode: bool, 
     return result
 
 
+def with_capabilities(client: XapiClient, result: dict) -> dict:
+    """The result with what the run learned of the platform (no extra call: the lookups asked)."""
+    result["capabilities"] = client.capabilities(probe=False)
+    return result
+
+
 def main() -> None:
     module = new_module(
         {
@@ -477,15 +532,20 @@ def main() -> None:
     )
     params = module.params
     if params["users"] is None:
-        run_module(module, lambda: ensure_present(client_from_module(module), params, module.check_mode,
-                                                  module._diff))
+
+        def work_one() -> dict:
+            client = client_from_module(module)
+            return with_capabilities(client, ensure_present(client, params, module.check_mode, module._diff))
+
+        run_module(module, work_one)
         return
 
     def work() -> dict:
         # Every item is checked before the first call: one bad item changes nothing.
         items = validate_users(params["users"])
         client = client_from_module(module, pool_maxsize=pool_size_for(len(items)))
-        return ensure_all_present(client, items, module.check_mode, module._diff, module.warn)
+        return with_capabilities(client, ensure_all_present(client, items, module.check_mode, module._diff,
+                                                            module.warn))
 
     run_module(module, work)
 

@@ -15,6 +15,10 @@ description:
     16 at a time over one connection pool, and reports each in RV(results). An id that fails does not
     stop the others; the task then fails with every id's outcome still in RV(results).
   - Idempotent; deactivating a user that is already inactive reports no change.
+  - Uses only the platform's documented routes (read by id, then deactivate). On a platform whose
+    user objects carry no C(active) field, a user counts as active until C(deactivated_at) is set or
+    C(expires_at) has passed; such a platform cannot show an early deactivation, so deactivating the
+    same user again reports a change (the platform's deactivate call is itself idempotent).
   - A missing O(id) (or id of O(ids)) is an error, unless O(missing_ok=true).
   - Deactivation cannot be undone. Make sure nothing uses the token any more, for example with
     M(xapi.system_auth.system_user_info) and the C(last_used_at) it returns.
@@ -177,6 +181,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     XapiError,
     client_from_module,
     describe_user,
+    is_active,
     map_items,
     new_module,
     pool_size_for,
@@ -195,7 +200,8 @@ def ensure_inactive(client: XapiClient, params: dict, check_mode: bool) -> dict:
         raise XapiError(f"system user {user_id} was not found: check the id, or set missing_ok: true if it may "
                         "already be gone.")
 
-    was_active = bool(current.get("active"))
+    now = client.now()
+    was_active = is_active(current, now)
     if not was_active:
         after = current
     elif check_mode:
@@ -210,7 +216,7 @@ def ensure_inactive(client: XapiClient, params: dict, check_mode: bool) -> dict:
         "changed": was_active,
         "msg": msg,
         "system_user": describe_user(after, client.now()),
-        "diff": {"before": {"active": was_active}, "after": {"active": bool(after.get("active"))}},
+        "diff": {"before": {"active": was_active}, "after": {"active": is_active(after, client.now())}},
     }
 
 

@@ -18,6 +18,10 @@ description:
   - With O(tokens), each token is looked up (and verified, with O(verify_access)) as O(token) would
     be, up to 16 at a time, and reported in RV(results) without the token itself; the task fails when
     any token was not accepted, with every token's outcome still in RV(results).
+  - Lookups by O(id), O(token) and O(tokens) use only the routes the platform's reference documents.
+    A lookup by O(name), a listing, and the O(active) filter need the list route
+    C(GET /api/v1/system-users); on a platform that does not serve it the task fails with one sentence
+    saying so. RV(capabilities) tells which the platform serves.
 author:
   - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
@@ -47,6 +51,7 @@ options:
   name:
     description:
       - Return the system users of this name (active and inactive, newest first, unless O(active) is set).
+      - Needs the platform's list route (see RV(capabilities.list)).
     type: str
   token:
     description:
@@ -65,6 +70,7 @@ options:
   active:
     description:
       - Only return active (V(true)) or inactive (V(false)) users. Applies to O(name) and to listing all.
+      - Needs the platform's list route, as listing does.
     type: bool
   verify_access:
     description:
@@ -160,11 +166,14 @@ system_users:
       type: str
       sample: Rotated credential of the billing service
     active:
-      description: Whether it is active (not deactivated).
+      description:
+        - Whether it is active (not deactivated).
+        - When the platform's object has no C(active) field, derived - inactive once C(deactivated_at) is set
+          or C(expires_at) has passed, else active (so a user deactivated early still reads as active there).
       type: bool
       sample: true
     created_at:
-      description: Creation time, RFC 3339 UTC.
+      description: Creation time, RFC 3339 UTC, when the platform sends it (see RV(capabilities.fields)).
       type: str
       sample: "2026-12-03T02:00:05Z"
     expires_at:
@@ -172,11 +181,13 @@ system_users:
       type: str
       sample: "2027-03-03T02:00:05Z"
     deactivated_at:
-      description: Deactivation time, or V(null).
+      description: Deactivation time, or V(null), when the platform sends it (see RV(capabilities.fields)).
       type: str
       sample: null
     last_used_at:
-      description: Last time its token was used, or V(null).
+      description:
+        - Last time its token was used, or V(null), when the platform sends it (see RV(capabilities.fields)).
+        - Absent, not V(null), on a platform that does not report usage.
       type: str
       sample: "2026-12-04T09:12:44Z"
     days_remaining:
@@ -187,6 +198,38 @@ system_users:
       description: Whether the token has expired.
       type: bool
       sample: false
+capabilities:
+  description:
+    - What the platform serves, learned in this module run, so that a caller can choose what it may
+      rely on (an orphan sweep needs RV(capabilities.list), a usage check needs C(last_used_at) in
+      RV(capabilities.fields)).
+  returned: success
+  type: dict
+  contains:
+    list:
+      description:
+        - Whether the platform serves the list route C(GET /api/v1/system-users).
+        - V(false) when it answered 404, 405 or 501, an HTML page, or a list without C(meta).
+        - With O(id), asked with one small request if this run did not learn it otherwise.
+        - V(null) when not asked - with O(token) or O(tokens), which are a service's lookups.
+      type: bool
+      returned: success
+      sample: true
+    name_filter:
+      description:
+        - Whether the list route filters by C(name) (the module compares names itself either way).
+        - V(false) without a list route; V(null) when not asked.
+      type: bool
+      returned: success
+      sample: true
+    fields:
+      description:
+        - The fields of the system user objects the platform sent in this run, in the order first seen;
+          never C(token). Empty when it sent none.
+      type: list
+      elements: str
+      returned: success
+      sample: [id, name, description, active, created_at, expires_at, deactivated_at, last_used_at]
 missing_ids:
   description: The ids of O(id) that the platform does not know.
   returned: always
@@ -363,6 +406,20 @@ def by_tokens(client: XapiClient, tokens: list[str], verify_access: bool, wait_t
     return result
 
 
+def by_list(client: XapiClient, name: str | None, active: bool | None) -> dict:
+    """The users of the list route (of that name, in that state); one sentence on a platform without it."""
+    if name is not None:
+        name = validate_name(name)
+        purpose = "looking system users up by name"
+    elif active is not None:
+        purpose = "filtering system users by active"
+    else:
+        purpose = "listing system users"
+    users = client.list_users(name=name, active=active, purpose=purpose)
+    now = client.now()
+    return {"changed": False, "system_users": [describe_user(u, now) for u in users], "missing_ids": []}
+
+
 def lookup(client: XapiClient, params: dict) -> dict:
     if params["id"] is not None:
         return by_ids(client, params["id"])
@@ -372,13 +429,13 @@ def lookup(client: XapiClient, params: dict) -> dict:
         if not params["token"].strip():
             raise XapiError("token must not be empty: pass the system user's token.")
         return by_token(client, params["token"], params["verify_access"], params["wait_timeout"])
-    if params["name"] is not None:
-        name = validate_name(params["name"])
-        users = [u for u in client.list_users(name=name, active=params["active"]) if u.get("name") == name]
-    else:
-        users = client.list_users(active=params["active"])
-    now = client.now()
-    return {"changed": False, "system_users": [describe_user(u, now) for u in users], "missing_ids": []}
+    return by_list(client, params["name"], params["active"])
+
+
+def with_capabilities(client: XapiClient, result: dict, probe: bool) -> dict:
+    """The result with what the platform serves; with ``probe``, an unknown list route is asked once."""
+    result["capabilities"] = client.capabilities(probe=probe)
+    return result
 
 
 def main() -> None:
@@ -408,7 +465,9 @@ def main() -> None:
             validate_tokens(params["tokens"])
         client = client_from_module(module, pool_maxsize=pool_size_for(len(params["id"] or params["tokens"] or ())),
                                     token_required=not uses_token)
-        return lookup(client, params)
+        # Only a lookup by id asks the list route on purpose (one small request): a name lookup or a
+        # listing has just asked it, and token lookups are a service's business, not an admin's.
+        return with_capabilities(client, lookup(client, params), probe=params["id"] is not None)
 
     run_module(module, work)
 

@@ -146,13 +146,112 @@ def test_a_redirect_is_not_followed_and_says_where_it_points() -> None:
                        "really serves in api_url, for example with https://.")
 
 
-def test_a_list_without_meta_ends_at_the_first_short_page(monkeypatch: pytest.MonkeyPatch) -> None:
+JSON = {"Content-Type": "application/json"}
+HTML = {"Content-Type": "text/html; charset=utf-8"}
+ERROR_PAGE = b"<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+A_USER = {"id": "su_a", "name": "a", "description": "", "expires_at": "2030-01-01T00:00:00Z"}
+
+
+def _error(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def _listing(users: list[dict[str, Any]], meta: bool = True) -> bytes:
+    body: dict[str, Any] = {"data": users}
+    if meta:
+        body["meta"] = {"page": 1, "per_page": 100, "total": len(users), "total_pages": 1}
+    return json.dumps(body).encode()
+
+
+# What the list route may answer, and what the client must conclude: "no list route" (with the reason
+# its sentences give), a list, or an error as strict as any other route's.
+LIST_ANSWERS = [
+    ("404-json", 404, JSON, _error("not_found", "No such API route."), False, "HTTP 404"),
+    ("404-html", 404, HTML, ERROR_PAGE, False, "HTTP 404"),
+    ("405", 405, {**JSON, "Allow": "POST"}, _error("method_not_allowed", "GET is not supported here; use POST."),
+     False, "HTTP 405"),
+    ("501", 501, {}, b"", False, "HTTP 501"),
+    ("200-html-page", 200, HTML, b"<!doctype html><html><body>console</body></html>", False,
+     "HTTP 200 with text/html instead of the JSON list"),
+    ("200-without-meta", 200, JSON, _listing([A_USER], meta=False), False,
+     "HTTP 200 without the documented list and its meta"),
+    ("200-data-not-a-list", 200, JSON, json.dumps({"data": A_USER, "meta": {}}).encode(), False,
+     "HTTP 200 without the documented list and its meta"),
+    ("200-list", 200, JSON, _listing([A_USER]), True, None),
+    ("200-empty-list", 200, JSON, _listing([]), True, None),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "lists", "reason"),
+                         [case[1:] for case in LIST_ANSWERS], ids=[case[0] for case in LIST_ANSWERS])
+def test_list_route_capability_is_detected_from_its_answer(status: int, headers: dict[str, str], body: bytes,
+                                                           lists: bool, reason: str | None) -> None:
+    # Twice the same answer: a client that asked again would find the script empty and hang up.
+    server, url = _serve_script([(status, headers, body)] * 2)
+    try:
+        api = XapiClient(url, "xadm_t", retries=0)
+        assert api.capabilities(probe=False)["list"] is None
+        assert api.can_list() is lists
+        assert api.can_list() is lists and len(_Scripted.paths) == 1  # learned once, kept
+        caps = api.capabilities()
+        assert caps["list"] is lists and len(_Scripted.paths) == 1
+        if lists:
+            stranger = b"su_a" in body
+            # The probe asks for a name nobody has: a user in the answer means the filter is ignored.
+            assert caps["name_filter"] is not stranger
+            assert caps["fields"] == (list(A_USER) if stranger else [])
+        else:
+            assert caps == {"list": False, "name_filter": False, "fields": []}
+            # Every lookup that needs the list now fails with one sentence, without asking again.
+            err = error_of(lambda: api.list_users(name="a", purpose="looking system users up by name"))
+            assert isinstance(err, _api.NoListRoute)
+            assert err.msg == (f"looking system users up by name needs the platform's list route, which it does "
+                               f"not serve ({reason}); look the credential up by id or token instead.")
+            assert len(_Scripted.paths) == 1
+    finally:
+        server.shutdown()
+    assert "page=1" in _Scripted.paths[0] and "per_page=1" in _Scripted.paths[0]
+    assert f"name={_api.PROBE_NAME}" in _Scripted.paths[0]
+
+
+@pytest.mark.parametrize(("status", "body", "text"), [
+    (500, _error("internal_error", "No."), "answered HTTP 500 to GET /api/v1/system-users"),
+    (401, _error("unauthorized", "No."), "the API token was rejected: expired, deactivated or wrong"),
+    (403, _error("forbidden", "No."), "the API token is not allowed to list system users"),
+    (400, _error("bad_request", "No."), "the platform refused to list system users"),
+    # JSON that does not parse is a broken answer, not another kind of route.
+    (200, b'{"data": [{"id": "su_1', "with a body that is not the expected JSON (application/json)"),
+], ids=["500", "401", "403", "400", "truncated-json"])
+def test_other_list_answers_stay_errors_and_teach_nothing(status: int, body: bytes, text: str) -> None:
+    server, url = _serve_script([(status, JSON, body)] * 2)
+    try:
+        api = XapiClient(url, "xadm_t", retries=0)
+        err = error_of(api.can_list)
+        assert not isinstance(err, _api.NoListRoute) and err.status == status and text in err.msg
+        err = error_of(api.list_users)
+        assert not isinstance(err, _api.NoListRoute) and text in err.msg
+    finally:
+        server.shutdown()
+    assert api.capabilities(probe=False)["list"] is None
+
+
+def test_a_list_that_ignores_the_name_filter_is_filtered_here() -> None:
+    others = [{"id": "su_b", "name": "b"}, {"id": "su_a", "name": "a"}, {"id": "su_c", "name": "a-2"}]
+    server, url = _serve_script([(200, JSON, _listing(others))])
+    try:
+        api = XapiClient(url, "xadm_t")
+        assert [u["id"] for u in api.list_users(name="a")] == ["su_a"]
+    finally:
+        server.shutdown()
+    assert api.capabilities(probe=False) == {"list": True, "name_filter": False, "fields": ["id", "name"]}
+
+
+def test_a_list_with_meta_but_no_total_pages_ends_at_the_first_short_page(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_api, "LIST_PAGE_SIZE", 2)
     page = [{"id": "su_a", "name": "a"}, {"id": "su_b", "name": "b"}]
-    json_type = {"Content-Type": "application/json"}
     server, url = _serve_script([
-        (200, json_type, json.dumps({"data": page}).encode()),
-        (200, json_type, json.dumps({"data": page[:1]}).encode()),
+        (200, JSON, json.dumps({"data": page, "meta": {"page": 1}}).encode()),
+        (200, JSON, json.dumps({"data": page[:1], "meta": {"page": 2}}).encode()),
     ])
     try:
         users = XapiClient(url, "xadm_t").list_users()
@@ -160,6 +259,109 @@ def test_a_list_without_meta_ends_at_the_first_short_page(monkeypatch: pytest.Mo
         server.shutdown()
     assert [u["id"] for u in users] == ["su_a", "su_b", "su_a"]
     assert [p.split("page=")[1].split("&")[0] for p in _Scripted.paths] == ["1", "2"]
+
+
+@pytest.mark.parametrize(("user", "active"), [
+    ({"active": True, "expires_at": "2020-01-01T00:00:00Z"}, True),  # the platform's own word wins
+    ({"active": False, "expires_at": "2030-01-01T00:00:00Z"}, False),
+    ({"expires_at": "2030-01-01T00:00:00Z"}, True),  # no active field: active until expiry
+    ({"expires_at": "2026-12-03T10:00:00Z"}, False),  # the instant of expiry is expired
+    ({"expires_at": "2030-01-01T00:00:00Z", "deactivated_at": "2026-12-01T00:00:00Z"}, False),
+    ({"expires_at": "2030-01-01T00:00:00Z", "deactivated_at": None}, True),
+    ({}, True),
+])
+def test_active_is_derived_when_the_platform_sends_none(user: dict[str, Any], active: bool) -> None:
+    assert _api.is_active(user, T0) is active
+    described = _api.describe_user(dict(user, id="su_x"), T0)
+    assert described["active"] is active
+    assert "last_used_at" not in described and "created_at" not in described  # nothing else is made up
+
+
+def test_a_user_found_after_a_lost_answer_is_ours_only_if_new() -> None:
+    api = XapiClient("http://127.0.0.1:9", "xadm_t")
+    started = T0
+    # Without created_at, "not there before the call" decides; unknown before means not ours.
+    assert api._is_ours({"id": "su_new"}, started, {"su_old"}) is True
+    assert api._is_ours({"id": "su_old"}, started, {"su_old"}) is False
+    assert api._is_ours({"id": "su_new"}, started, None) is False
+    # With created_at, it must also be no older than the call.
+    assert api._is_ours({"id": "su_new", "created_at": "2026-12-03T09:00:00Z"}, started, set()) is False
+    assert api._is_ours({"id": "su_new", "created_at": "2026-12-03T10:00:00Z"}, started, set()) is True
+
+
+# -- a platform that serves only the documented routes and fields (the sandbox's documented-only mode)
+
+DOCUMENTED = ["id", "name", "description", "expires_at"]
+
+
+@pytest.fixture
+def documented(api: Any) -> Any:
+    api.api("POST", "/_sandbox/config", json={"documented_only": True}).raise_for_status()
+    try:
+        yield api
+    finally:
+        api.api("POST", "/_sandbox/config", json={"documented_only": False}).raise_for_status()
+
+
+def test_documented_only_platform_create_read_token_info_deactivate(documented: Any) -> None:
+    api = client(documented)
+    user, token = api.create_user("doc-svc", "documented", 30)
+    assert sorted(user) == sorted([*DOCUMENTED, "token"])
+    assert api.get_user(user["id"]) == {k: user[k] for k in DOCUMENTED}
+    assert api.token_info(token)["id"] == user["id"]
+    assert _api.describe_user(api.get_user(user["id"]), api.now())["active"] is True
+    gone = api.deactivate_user(user["id"])
+    assert gone["active"] is False  # the 200 of deactivate says so, though the object does not
+    assert api.capabilities() == {"list": False, "name_filter": False, "fields": DOCUMENTED}
+    # Asked once (by the create's lookup of the name), then known: capabilities() asks nothing more.
+    assert route_counts(documented, "GET /api/v1/system-users") == {"405": 1}
+
+
+def test_documented_only_lost_create_answer_fails_and_creates_nothing_more(documented: Any) -> None:
+    add_fault(documented, method="POST", path=USERS, drop_after_commit=True, count=1)
+    err = error_of(lambda: client(documented).create_user("lost-doc", None, 30))
+    assert err.msg == ("the answer to creating system user lost-doc was lost (the connection closed before the "
+                       "answer arrived), so the platform may hold an active system user named lost-doc whose token "
+                       "was lost; it has no list route to find it (HTTP 405): deactivate it by id in the platform's "
+                       "console, then re-run the task.")
+    # Exactly the one create that was sent: the orphan exists, nothing was created beside it.
+    assert [u["active"] for u in users_of(documented, "lost-doc")] == [True]
+    assert route_counts(documented, "POST /api/v1/system-users") == {"201": 1}
+    assert not _api._TOKEN_PATTERN.search(err.msg)
+
+
+def test_documented_only_a_taken_name_says_how_to_find_its_holder(documented: Any) -> None:
+    create_user(documented, "taken-doc")
+    err = error_of(lambda: client(documented).create_user("taken-doc", None, 30))
+    assert err.status == 409
+    assert err.msg.startswith("the platform refused to create system user taken-doc: ")
+    assert err.msg.endswith("; the platform has no list route to show which system user holds that name (HTTP 405): "
+                            "find it by id in the platform's console and deactivate it, or choose another name.")
+
+
+def test_documented_only_a_rate_limited_create_is_sent_again(documented: Any) -> None:
+    # 429 means the platform did not carry the create out: no lookup is needed to resend it.
+    add_fault(documented, method="POST", path=USERS, status=429, count=1, retry_after=0)
+    user = client(documented).create_user("limited-doc", None, 30)[0]
+    assert route_counts(documented, "POST /api/v1/system-users") == {"429": 1, "201": 1}
+    assert [u["id"] for u in users_of(documented, "limited-doc")] == [user["id"]]
+
+
+def test_documented_only_mode_is_switched_back_by_a_reset(api: Any) -> None:
+    api.api("POST", "/_sandbox/config", json={"documented_only": True}).raise_for_status()
+    api.reset()
+    assert api.api("GET", "/_sandbox/config").json()["data"]["documented_only"] is False
+    assert client(api).can_list() is True
+
+
+def test_full_platform_capabilities_name_every_field(api: Any) -> None:
+    api_client = client(api)
+    user_id = api_client.create_user("full", None, 30)[0]["id"]
+    api_client.get_user(user_id)
+    caps = api_client.capabilities()
+    assert caps["list"] is True and caps["name_filter"] is True
+    assert set(caps["fields"]) == {"id", "name", "description", "active", "created_at", "expires_at",
+                                   "deactivated_at", "last_used_at"}
 
 
 # -- retries of idempotent requests -----------------------------------------------------------
@@ -375,8 +577,10 @@ def test_api_message_echoing_a_token_is_scrubbed(api: Any) -> None:
 
 @pytest.mark.parametrize("body", ["<html><body>502 Bad Gateway</body></html>", '{"data": [', '{"items": []}'])
 def test_a_body_that_is_not_the_expected_json(api: Any, body: str) -> None:
-    add_fault(api, method="GET", path=USERS, status=200, count=1, body=body, content_type="text/html")
-    err = error_of(lambda: client(api).list_users())
+    # On the list route such an answer means "no list route" (see the capability table above);
+    # on every other route it is an error.
+    add_fault(api, method="GET", path=f"{USERS}/*", status=200, count=1, body=body, content_type="text/html")
+    err = error_of(lambda: client(api).get_user("su_000000000000000000000000"))
     assert "with a body that is not the expected JSON (text/html)" in err.msg
     assert "not a proxy or login page" in err.msg
 

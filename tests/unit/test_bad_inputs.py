@@ -57,7 +57,8 @@ def _deactivated_token(api: Any) -> dict[str, Any]:
 
 
 def _html_page(api: Any) -> dict[str, Any]:
-    add_fault(api, method="GET", path="/api/v1/system-users", status=200, count=None,
+    # A sign-in page in front of the whole API (an HTML page on the list route alone means "no list route").
+    add_fault(api, method="*", path="/api/v1/*", status=200, count=None,
               body="<html><head><title>Sign in</title></head><body>SSO</body></html>", content_type="text/html")
     return {}
 
@@ -74,7 +75,8 @@ def _persistent_503(api: Any) -> dict[str, Any]:
 
 
 def _proxy_404_html(api: Any) -> dict[str, Any]:
-    add_fault(api, method="GET", path="/api/v1/system-users", status=404, count=None,
+    # A proxy that serves none of the API (a 404 on the list route alone means "no list route").
+    add_fault(api, method="*", path="/api/v1/*", status=404, count=None,
               body="<html>Not Found</html>", content_type="text/html")
     return {}
 
@@ -89,7 +91,7 @@ CASES = [
     Case("url-without-scheme", "system_user_info", {"api_url": "127.0.0.1:8080"}, "is not a valid URL"),
     Case("url-bad-port", "system_user_info", {"api_url": "http://127.0.0.1:70000"}, "is not a valid URL"),
     Case("missing-token", "system_user", {"name": "x"},
-         "api_token is required: set it or the XAPI_TOKEN environment variable.", exact=True,
+         "api_token is required: set it or the XAPI_ADMIN_TOKEN (or XAPI_TOKEN) environment variable.", exact=True,
          env={"XAPI_URL": "{url}"}),
     Case("expires-zero", "system_user", {"name": "x", "expires_in_days": 0},
          "expires_in_days must be between 1 and 365, got 0: choose a lifetime in days within that range.",
@@ -135,7 +137,7 @@ CASES = [
     Case("5xx-after-retries", "system_user", {"name": "x", "retries": 1},
          "answered HTTP 503 to GET /api/v1/system-users after 1 retry: ", setup=_persistent_503),
     Case("wrong-base-path", "system_user", {"name": "x"},
-         "has no GET /api/v1/system-users (HTTP 404): check that api_url is the platform's base URL.",
+         "has no POST /api/v1/system-users (HTTP 404): check that api_url is the platform's base URL.",
          setup=_proxy_404_html),
     Case("connection-refused", "system_user", {"name": "x", "api_url": "http://127.0.0.1:{port}", "retries": 0},
          "cannot reach the platform API at 127.0.0.1:{port}: connection refused (no retries); check api_url and "

@@ -93,10 +93,59 @@ def test_system_user_with_connection_options_as_arguments(api: Any, run_module: 
     assert run.result["invocation"]["module_args"]["api_token"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
 
-def test_xapi_admin_token_is_the_second_fallback(api: Any, run_module: Any) -> None:
+def test_xapi_admin_token_alone_is_enough(api: Any, run_module: Any) -> None:
     run = run_module("system_user_info", {}, connection=False,
                      env={"XAPI_URL": api.url, "XAPI_ADMIN_TOKEN": api.admin_token})
     assert run.rc == 0 and run.result["system_users"] == []
+
+
+def test_xapi_admin_token_wins_over_a_stray_xapi_token(api: Any, run_module: Any) -> None:
+    # AWX's credential injects XAPI_ADMIN_TOKEN; a service token left in XAPI_TOKEN must not replace it.
+    stray = create_user(api, "stray")[1]
+    run = run_module("system_user_info", {}, connection=False,
+                     env={"XAPI_URL": api.url, "XAPI_ADMIN_TOKEN": api.admin_token, "XAPI_TOKEN": stray})
+    assert run.rc == 0, run.msg
+    assert [u["name"] for u in run.result["system_users"]] == ["stray"]
+    assert "admin" in api.state()["requests"]["by_user"]
+
+
+def test_an_empty_xapi_admin_token_falls_through_to_xapi_token(api: Any, run_module: Any) -> None:
+    # AWX injects an optional field left blank as '': that must not hide the next variable.
+    run = run_module("system_user_info", {}, connection=False,
+                     env={"XAPI_URL": api.url, "XAPI_ADMIN_TOKEN": "", "XAPI_TOKEN": api.admin_token})
+    assert run.rc == 0 and run.result["system_users"] == []
+
+
+def test_a_missing_token_names_both_variables(api: Any, run_module: Any) -> None:
+    run = run_module("system_user", {"name": "x"}, connection=False,
+                     env={"XAPI_URL": api.url, "XAPI_ADMIN_TOKEN": "", "XAPI_TOKEN": ""})
+    assert run.failed and run.msg == ("api_token is required: set it or the XAPI_ADMIN_TOKEN (or XAPI_TOKEN) "
+                                      "environment variable.")
+    assert api.state()["requests"]["total"] == 0
+
+
+# -- capabilities -----------------------------------------------------------------------------
+
+FULL_FIELDS = ["id", "name", "description", "active", "created_at", "expires_at", "deactivated_at", "last_used_at"]
+
+
+def test_capabilities_of_the_full_platform(api: Any, run_module: Any) -> None:
+    created = run_module("system_user", {"name": "capable"})
+    assert created.result["capabilities"] == {"list": True, "name_filter": True, "fields": FULL_FIELDS}
+    info = run_module("system_user_info", {"id": created.result["system_user"]["id"]})
+    assert info.result["capabilities"] == {"list": True, "name_filter": True, "fields": FULL_FIELDS}
+    # One probe of the list route for the lookup by id, filtered by a name nobody has.
+    assert route_counts(api, "GET /api/v1/system-users") == {"200": 2}
+    listed = run_module("system_user_info", {"name": "capable"})
+    assert listed.result["capabilities"]["list"] is True
+
+
+def test_token_lookups_do_not_probe_the_list_route(api: Any, run_module: Any) -> None:
+    token = create_user(api, "own")[1]
+    api.api("POST", "/_sandbox/counters/reset").raise_for_status()
+    run = run_module("system_user_info", {"token": token})
+    assert run.result["capabilities"] == {"list": None, "name_filter": None, "fields": FULL_FIELDS}
+    assert "GET /api/v1/system-users" not in api.state()["requests"]["by_route"]
 
 
 # -- system_user_info -------------------------------------------------------------------------
