@@ -1,12 +1,18 @@
 """A stand-in for the platform's System Users API, served over real HTTP(S).
 
-``python -m tests.sandbox.platform_api --state-dir D --admin-token-file F [--host H] [--port N] [--tls]``
+``python -m tests.sandbox.platform_api --state-dir D --admin-token-file F [--host H] [--port N] [--tls]
+[--documented-only]``
 
 It speaks the contract in docs/internals.md ("Platform API"): the ``{"data": ...}``
 envelope, ``{"error": {"code", "message"}}`` errors, admin versus system-user tokens,
 pagination, idempotent deactivation, token-info and tenants, RFC 3339 UTC times. Test
 controls live under ``/_sandbox/`` (admin token only): a movable clock, a token
-activation delay, fault rules, request counters and reset. tests/sandbox/README.md
+activation delay, documented-only mode, fault rules, request counters and reset.
+
+Documented-only mode (``--documented-only``, or ``{"documented_only": true}`` to
+``POST /_sandbox/config``) serves only what the platform's reference document shows: the
+list route answers 405 and user objects carry ``id``, ``name``, ``description`` and
+``expires_at`` (plus ``token`` on creation) and nothing else. tests/sandbox/README.md
 describes what it serves and what it does not model.
 
 Standard library only, so anything that has Python can run it. System users live in
@@ -57,6 +63,9 @@ MAX_PER_PAGE = 100
 IDLE_TIMEOUT = 120.0
 # last_used_at is written at most this often per user: pods poll many times a second.
 LAST_USED_RESOLUTION = 1.0
+
+# What a user object carries in documented-only mode: the fields the reference document shows.
+DOCUMENTED_FIELDS = ("id", "name", "description", "expires_at")
 
 TENANTS = (
     {"id": "tn_0001", "name": "acme"},
@@ -496,9 +505,13 @@ def _compile(template: str) -> re.Pattern[str]:
 class Platform:
     """The API's behaviour, independent of the HTTP plumbing."""
 
-    def __init__(self, store: Store, admin_token: str) -> None:
+    def __init__(self, store: Store, admin_token: str, documented_only: bool = False) -> None:
         self.store = store
         self.admin_hash = hash_token(admin_token)
+        # The mode the process was started in, which a reset returns to; the current mode can be
+        # switched at runtime through /_sandbox/config.
+        self.documented_only_default = documented_only
+        self.documented_only = documented_only
         self.counters = Counters()
         self.faults = FaultBook()
         api, sb = API_PREFIX, SANDBOX_PREFIX
@@ -545,6 +558,8 @@ class Platform:
             found = route.pattern.match(path)
             if found is None:
                 continue
+            if self.documented_only and route.handler == self.list_users:
+                continue  # the reference shows no list route: GET on that path answers 405
             if route.method == method:
                 return route, found.groupdict(), allowed, route.template
             if not allowed:
@@ -604,6 +619,13 @@ class Platform:
 
     # ---- API routes
 
+    def user(self, row: sqlite3.Row) -> dict[str, Any]:
+        """A user object as the API answers it: only the documented fields in documented-only mode."""
+        data = user_object(row, self.store.now())
+        if self.documented_only:
+            data = {key: data[key] for key in DOCUMENTED_FIELDS}
+        return data
+
     def _user_or_404(self, user_id: str) -> sqlite3.Row:
         row = self.store.get(user_id) if ID_RE.fullmatch(user_id) else None
         if row is None:
@@ -634,7 +656,7 @@ class Platform:
         if type(days) is not int or not 1 <= days <= MAX_EXPIRES_IN_DAYS:
             raise _validation(f"expires_in_days must be a whole number from 1 to {MAX_EXPIRES_IN_DAYS}.")
         row, token = self.store.create(name, description, days)
-        data = user_object(row, self.store.now())
+        data = self.user(row)
         data["token"] = token
         return Response(201, {"data": data}, {"Location": f"{API_PREFIX}/system-users/{row['id']}"})
 
@@ -656,18 +678,18 @@ class Platform:
         })
 
     def get(self, request: Request) -> Response:
-        return Response(200, {"data": user_object(self._user_or_404(request.params["id"]), self.store.now())})
+        return Response(200, {"data": self.user(self._user_or_404(request.params["id"]))})
 
     def deactivate(self, request: Request) -> Response:
         self._user_or_404(request.params["id"])
         row = self.store.deactivate(request.params["id"])
         assert row is not None
-        return Response(200, {"data": user_object(row, self.store.now())})
+        return Response(200, {"data": self.user(row)})
 
     def token_info(self, request: Request) -> Response:
         row = request.caller.row
         assert row is not None
-        return Response(200, {"data": user_object(self.store.get(row["id"]) or row, self.store.now())})
+        return Response(200, {"data": self.user(self.store.get(row["id"]) or row)})
 
     def tenants(self, request: Request) -> Response:
         return Response(200, {"data": [dict(t) for t in TENANTS]})
@@ -690,21 +712,27 @@ class Platform:
         return Response(200, self._now_body())
 
     def _config(self) -> dict[str, Any]:
-        return {"data": {"token_activation_delay": self.store.setting("token_activation_delay")}}
+        return {"data": {"token_activation_delay": self.store.setting("token_activation_delay"),
+                         "documented_only": self.documented_only}}
 
     def sb_get_config(self, request: Request) -> Response:
         return Response(200, self._config())
 
     def sb_config(self, request: Request) -> Response:
         body = request.json_object()
-        unknown = sorted(set(body) - {"token_activation_delay"})
+        unknown = sorted(set(body) - {"token_activation_delay", "documented_only"})
         if unknown:
-            raise _validation(f"Unknown setting '{unknown[0]}'; the platform sandbox has token_activation_delay.")
+            raise _validation(f"Unknown setting '{unknown[0]}'; the platform sandbox has token_activation_delay "
+                              "and documented_only.")
+        if "documented_only" in body and not isinstance(body["documented_only"], bool):
+            raise _validation("documented_only must be true or false.")
         if "token_activation_delay" in body:
             delay = body["token_activation_delay"]
             if type(delay) not in (int, float) or not 0 <= delay <= 3600:
                 raise _validation("token_activation_delay must be a number of seconds from 0 to 3600.")
             self.store.set_setting("token_activation_delay", float(delay))
+        if "documented_only" in body:
+            self.documented_only = body["documented_only"]
         return Response(200, self._config())
 
     def sb_get_faults(self, request: Request) -> Response:
@@ -734,6 +762,7 @@ class Platform:
 
     def sb_reset(self, request: Request) -> Response:
         self.store.reset()
+        self.documented_only = self.documented_only_default
         self.faults.clear()
         self.counters.reset()
         return Response(200, self._now_body())
@@ -962,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve HTTPS with a generated CA written to STATE_DIR/ca.pem")
     parser.add_argument("--admin-token-file", type=Path, required=True,
                         help="file holding the admin token; created (mode 0600) with a fresh token if missing")
+    parser.add_argument("--documented-only", action="store_true",
+                        help="serve only what the reference document shows: the list route answers 405 and user "
+                             "objects carry id, name, description, expires_at (and token on creation)")
     args = parser.parse_args(argv)
 
     state_dir: Path = args.state_dir.resolve()
@@ -984,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"platform sandbox: cannot use {what}: {detail}; check --state-dir and --admin-token-file.",
               file=sys.stderr)
         return 1
-    platform = Platform(store, admin_token)
+    platform = Platform(store, admin_token, documented_only=args.documented_only)
 
     try:
         server = PlatformServer((args.host, args.port), platform, context)
