@@ -1,0 +1,269 @@
+# Copyright (c) 2026, xapi.system_auth maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The credential_rotation role's eyes: reads and waits for every service of a run, in this process.
+
+It reads through kubernetes.core's ``k8s`` lookup (a GET or a list each, no module process), asks
+the platform through this collection's ``system_user_info`` module and services' health URLs through
+``ansible.builtin.uri``, and judges every answer with the rules in ``module_utils/_rotation.py``. A
+wait prints a progress line now and then instead of Ansible's ``FAILED - RETRYING`` and, while it
+lasts, keeps the run's rotation locks alive (a conditional write through ``kubernetes.core.k8s``
+every third of the lock's duration), so that a lock lapses only once its holder is gone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.xapi.system_auth.plugins.module_utils import _rotation as rules
+
+display = Display()
+CONNECTION = ("api_url", "api_token", "ca_path", "validate_certs", "timeout", "retries")
+
+
+def _message(error: Exception) -> str:
+    text = str(error)
+    found = re.search(r'"message": ?"(.*?)", ?"reason"', text)
+    if found:
+        return found.group(1).replace("\\", "")
+    status = getattr(error, "status", None)
+    first = (text.strip().splitlines() or ["unknown error"])[0]
+    return f"HTTP {status}: {first}" if status and str(status) not in first else first
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("step", "run", "display_every") + CONNECTION)
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        self._vars = task_vars or {}
+        args = self._task.args
+        step = args.get("step")
+        run = args.get("run") or {}
+        self._connection_args = {k: args[k] for k in CONNECTION if args.get(k) not in (None, "")}
+        self._every = float(args.get("display_every", 15))
+        self._lookup = self._shared_loader_obj.lookup_loader.get(
+            "kubernetes.core.k8s", loader=self._loader, templar=self._templar)
+        if step == "read":
+            result["reads"] = self._read(run)
+            result["_ansible_no_log"] = True  # the Secrets' data
+        elif step in ("wait", "rb_wait"):
+            result["verdicts"] = self._wait_workloads(run, step)
+        elif step == "usage":
+            result["verdicts"] = self._wait_usage(run)
+        elif step == "health":
+            result["verdicts"] = self._wait_health(run)
+        elif step == "preview":
+            _, diffs = rules.preview(run, time.time())
+            result["changed"] = bool(rules.due(run, "preview"))
+            if self._task.diff and diffs:
+                result["diff"] = diffs
+        else:
+            result.update(failed=True, msg=f"rotation_observe: unknown step {step!r}")
+        return result
+
+    # -- kubernetes, through kubernetes.core -----------------------------------------------------
+
+    def _get(self, cluster: dict, kind: str, namespace: str, name: str | None = None,
+             api_version: str = "v1") -> tuple[Any, str]:
+        """(object, list of objects or None when absent; error sentence or '')."""
+        kwargs = {"api_version": api_version, "kind": kind, "namespace": namespace}
+        if name:
+            kwargs["resource_name"] = name
+        for key in ("kubeconfig", "context"):
+            if cluster.get(key):
+                kwargs[key] = cluster[key]
+        try:
+            found = self._lookup.run([], variables=self._vars, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any client error is a sentence for the service
+            return None, _message(error)
+        if name:
+            return (found[0] if found else None), ""
+        return found or [], ""
+
+    def _read(self, run: dict) -> dict:
+        reads: dict[str, dict] = {}
+        waiting: dict[str, float] = {}
+        now = time.time()
+        for request in rules.read_requests(run):
+            reads[request["host"]] = self._read_one(request)
+            secret = reads[request["host"]].get("secret") or {}
+            ann = (secret.get("metadata") or {}).get("annotations") or {}
+            if not run.get("check_mode") and rules.lock_held_by_other(ann, run["run_id"], now):
+                waiting[request["host"]] = now
+        services = run.get("services") or {}
+        if waiting:
+            longest = max(services[h]["cfg"]["lock_wait"] for h in waiting)
+            display.display(f"waiting up to {longest} s for the rotation locks other runs hold on "
+                            f"{len(waiting)} service(s): they lapse within a minute once their holder is gone")
+        last_note = time.time()
+        while waiting:
+            delay = min(services[h]["cfg"]["poll_interval"] for h in waiting)
+            time.sleep(delay)
+            now = time.time()
+            for request in rules.read_requests(run):
+                host = request["host"]
+                if host not in waiting:
+                    continue
+                fresh = self._read_one(request)
+                secret = fresh.get("secret") or {}
+                ann = (secret.get("metadata") or {}).get("annotations") or {}
+                held = rules.lock_held_by_other(ann, run["run_id"], now)
+                if not held or now - waiting[host] >= services[host]["cfg"]["lock_wait"]:
+                    fresh["lock_waited"] = now - waiting[host]
+                    reads[host] = fresh
+                    del waiting[host]
+            if waiting and now - last_note >= self._every:
+                display.display(f"still waiting for the rotation locks of {', '.join(sorted(waiting))}")
+                last_note = now
+        return reads
+
+    def _read_one(self, request: dict) -> dict:
+        cluster, ns = request["cluster"], request["namespace"]
+        secret, error = self._get(cluster, "Secret", ns, request["secret"])
+        out: dict[str, Any] = {"secret": secret, "secret_error": error, "workloads": []}
+        if error or not secret:
+            return out
+        out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])
+        for w in request["workloads"]:
+            obj, w_error = self._get(cluster, w["kind"], ns, w["name"], rules.KINDS[w["kind"]])
+            out["workloads"].append({**w, "object": obj, "error": w_error})
+        return out
+
+    # -- the lock, kept alive while this run waits -------------------------------------------------
+
+    def _renew(self, run: dict, hosts: list[str], verdicts: dict[str, dict]) -> None:
+        services = run["services"]
+        for cluster, group in rules.clusters_of([services[h] for h in hosts]):
+            now = time.time()
+            definitions = [rules.secret_patch(svc, {}, None, run["run_id"], now) for svc in group]
+            args = {"state": "patched", "merge_type": "merge", "continue_on_error": True,
+                    "definition": definitions, "hidden_fields": ["data", "metadata.managedFields"]}
+            args.update({k: v for k, v in cluster.items() if v})
+            answer = self._execute_module(module_name="kubernetes.core.k8s", module_args=args,
+                                          task_vars=self._vars)
+            entries = rules._answers(answer, len(group))
+            for svc, entry in zip(group, entries):
+                metadata = ((entry or {}).get("result") or {}).get("metadata")
+                if metadata:
+                    svc["rv"] = metadata.get("resourceVersion", svc["rv"])
+                    verdicts.setdefault(svc["host"], {})["rv"] = svc["rv"]
+                elif rules._k8s_error(entry or {})[0] == "Conflict":
+                    verdicts[svc["host"]] = {"state": "failed", "phase": "lock", "why": "conflict", "conflict": True}
+
+    def _poll(self, run: dict, hosts: list[str], judge, what: str) -> dict[str, dict]:
+        """Poll ``judge(host, now)`` for every host until none is waiting; renew the locks meanwhile."""
+        services = run["services"]
+        verdicts: dict[str, dict] = {}
+        waiting = list(hosts)
+        started = time.time()
+        last_renew, last_note, last_text = started, 0.0, ""
+        while waiting:
+            now = time.time()
+            for host in list(waiting):
+                verdict = judge(host, now, started)
+                if verdict["state"] != "waiting":
+                    verdicts[host] = {**verdicts.get(host, {}), **verdict}
+                    waiting.remove(host)
+                else:
+                    verdicts.setdefault(host, {}).update(verdict)
+            if not waiting:
+                break
+            text = "; ".join(f"{services[h]['service']}: {verdicts[h]['why']}" for h in waiting[:5])
+            if now - last_note >= self._every or (text != last_text and now - last_note >= 3):
+                more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+                display.display(f"{what} ({int(now - started)} s): {text}{more}")
+                last_note, last_text = now, text
+            lock = min(services[h]["cfg"]["lock_duration"] for h in waiting)
+            if now - last_renew >= lock / 3:
+                self._renew(run, waiting, verdicts)
+                waiting = [h for h in waiting if not verdicts.get(h, {}).get("conflict")]
+                last_renew = time.time()
+            time.sleep(min(services[h]["cfg"]["poll_interval"] for h in waiting) if waiting else 0)
+        return verdicts
+
+    # -- the waits --------------------------------------------------------------------------------
+
+    def _wait_workloads(self, run: dict, step: str) -> dict[str, dict]:
+        requests = {r["host"]: r for r in rules.wait_requests(run, step)}
+        services = run["services"]
+
+        def judge(host: str, now: float, started: float) -> dict:
+            request = requests[host]
+            objects, pods = [], []
+            if request["strategy"] == "restart":
+                for w in request["workloads"]:
+                    obj, error = self._get(request["cluster"], w["kind"], request["namespace"], w["name"],
+                                           rules.KINDS[w["kind"]])
+                    if error:
+                        return {"state": "waiting" if now - started < request["rollout_timeout"] else "failed",
+                                "phase": "rollout", "why": f"{w['kind']} {w['name']} could not be read ({error})"}
+                    objects.append(obj)
+                pods, error = self._get(request["cluster"], "Pod", request["namespace"])
+                if error:
+                    pods = [{"metadata": {"name": f"(pods could not be listed: {error})", "deletionTimestamp": "?"},
+                             "spec": {"volumes": [{"secret": {"secretName": services[host]["secret"]}}]}}]
+            return rules.judge_workloads(request, services[host], objects, pods, now, started)
+
+        what = "waiting for the rollback's rollouts" if step == "rb_wait" else "waiting for the rollouts"
+        return self._poll(run, list(requests), judge, what)
+
+    def _wait_usage(self, run: dict) -> dict[str, dict]:
+        services = run["services"]
+        hosts = [svc["host"] for svc in rules.due(run, "usage") if svc["cfg"]["verify_usage"]]
+        if not hosts:
+            return {}
+        seen: dict[str, dict] = {}
+        polled = {"at": 0.0}
+
+        def judge(host: str, now: float, started: float) -> dict:
+            svc = services[host]
+            if polled["at"] < now - 0.5:
+                ids = [services[h]["current_id"] for h in hosts]
+                args = {"id": ids, **self._connection_args}
+                answer = self._execute_module(module_name="xapi.system_auth.system_user_info", module_args=args,
+                                              task_vars=self._vars)
+                polled["at"] = now
+                seen.clear()
+                seen.update({u.get("id"): u for u in answer.get("system_users") or []})
+                if answer.get("failed"):
+                    seen["__error__"] = {"msg": answer.get("msg", "")}
+            user = seen.get(svc["current_id"])
+            if user is not None and "last_used_at" not in user:
+                return {"state": "skipped", "why": "the platform does not report when a credential was last used, "
+                                                   "so the rollout and the verification stood for the usage check"}
+            if user is not None and not rules.usage_unused(svc, user):
+                return {"state": "done", "why": "the platform saw the new credential in use"}
+            if now - started >= svc["cfg"]["usage_timeout"]:
+                return {"state": "failed", "why": (seen.get("__error__") or {}).get("msg") or "not used"}
+            return {"state": "waiting", "why": "no request with the new credential yet"}
+
+        return self._poll(run, hosts, judge, "waiting until the workloads use the new credentials")
+
+    def _wait_health(self, run: dict) -> dict[str, dict]:
+        requests = {r["host"]: r for r in rules.health_requests(run)}
+        if not requests:
+            return {}
+
+        def judge(host: str, now: float, started: float) -> dict:
+            request = requests[host]
+            answer = self._execute_module(
+                module_name="ansible.builtin.uri",
+                module_args={"url": request["url"], "method": "GET", "status_code": request["status"],
+                             "validate_certs": request["validate_certs"], "timeout": 10},
+                task_vars=self._vars)
+            status = int(answer.get("status") or -1)
+            if status in request["status"]:
+                return {"state": "done", "status": status, "why": f"HTTP {status}"}
+            if now - started >= request["timeout"]:
+                return {"state": "failed", "status": status, "why": f"HTTP {status}"}
+            return {"state": "waiting", "status": status, "why": f"health URL answered HTTP {status}"}
+
+        return self._poll(run, list(requests), judge, "waiting for the health URLs")

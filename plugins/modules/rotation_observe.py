@@ -1,0 +1,92 @@
+#!/usr/bin/python
+# Copyright (c) 2026, xapi.system_auth maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: rotation_observe
+short_description: Reads and waits for the services of a credential rotation (internal to the role)
+version_added: 0.1.0
+description:
+  - B(Internal) to the role C(xapi.system_auth.credential_rotation); its arguments and results may
+    change without notice. It is documented so that readers of the role know what its steps do.
+  - Runs on the controller as an action plugin. It reads Kubernetes objects through the
+    C(kubernetes.core.k8s) lookup (no module process), asks the platform through
+    M(xapi.system_auth.system_user_info) and health URLs through M(ansible.builtin.uri), and judges
+    every answer with the rotation's rules (C(module_utils/_rotation.py)).
+  - O(step=read) reads every due service's Secret, companion Secret and workloads; a Secret whose
+    rotation lock another live run holds is read again until that lock is released or lapses.
+  - O(step=wait) and O(step=rb_wait) wait for the rollouts by the rules of C(kubectl rollout status)
+    and until no pod that reads the Secret may still hold the token being retired;
+    O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
+    URLs; O(step=preview) returns the check-mode diffs. A wait prints a progress line now and then and
+    renews the run's rotation locks every third of their duration.
+author:
+  - xapi.system_auth maintainers (@xapi)
+extends_documentation_fragment:
+  - xapi.system_auth.api
+options:
+  step:
+    description: What to read or wait for.
+    type: str
+    required: true
+    choices: [read, wait, rb_wait, usage, health, preview]
+  run:
+    description: The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
+    type: dict
+    required: true
+  display_every:
+    description: Seconds between two progress lines of a wait.
+    type: float
+    default: 15
+attributes:
+  check_mode:
+    description: Can run in check mode.
+    support: full
+    details:
+      - It only reads, except for renewing the run's own rotation locks during a wait, which check mode never reaches.
+  diff_mode:
+    description: Returns details on what would change in diff mode.
+    support: full
+    details:
+      - O(step=preview) returns per service what a rotation would change in each object, every token masked.
+  action_group:
+    description: Use C(group/xapi.system_auth.api) in C(module_defaults) to set the connection options.
+    support: full
+    membership:
+      - xapi.system_auth.api
+"""
+
+EXAMPLES = r"""
+# Used by the role only; see roles/credential_rotation/tasks/wait.yml.
+- name: Wait for the rollouts and the old pods
+  xapi.system_auth.rotation_observe:
+    step: wait
+    run: "{{ _credential_rotation_run }}"
+  register: answer
+"""
+
+RETURN = r"""
+reads:
+  description: With O(step=read), what was read per service (it holds the Secrets' data, so the result is hidden).
+  returned: step is read
+  type: dict
+verdicts:
+  description: With a waiting step, per service C(state) (done, failed or skipped), C(phase) and C(why).
+  returned: step is wait, rb_wait, usage or health
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec={}, bypass_checks=True)
+    module.fail_json(msg="xapi.system_auth.rotation_observe runs on the controller as an action plugin; "
+                         "call it from a task, not as a module.")
+
+
+if __name__ == "__main__":
+    main()
