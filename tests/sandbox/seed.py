@@ -14,6 +14,7 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,8 @@ from tests.sandbox.client import api
 
 RELOAD_ANNOTATION = "sandbox.xapi.io/reload-interval"
 TOKEN_MOUNT = "/var/run/secrets/xapi"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
 class SeedError(RuntimeError):
@@ -154,6 +157,28 @@ def deployment_manifest(
     }
 
 
+def workload_manifest(
+    kind: str,
+    namespace: str,
+    name: str,
+    secret: str,
+    replicas: int,
+    strategy: str,
+    reload_interval: float,
+    template_annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The same pods as :func:`deployment_manifest`, run by a Deployment, StatefulSet or DaemonSet."""
+    if kind not in WORKLOAD_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(WORKLOAD_KINDS)}, not {kind!r}")
+    manifest = deployment_manifest(namespace, name, secret, replicas, strategy, reload_interval, template_annotations)
+    manifest["kind"] = kind
+    if kind == "StatefulSet":
+        manifest["spec"]["serviceName"] = name
+    elif kind == "DaemonSet":
+        del manifest["spec"]["replicas"]  # one pod per node
+    return manifest
+
+
 def seed_service(
     platform_url: str,
     admin_token: str,
@@ -168,13 +193,24 @@ def seed_service(
     system_user_name: str | None = None,
     template_annotations: dict[str, str] | None = None,
     deployment_spec: dict[str, Any] | None = None,
+    kind: str | Sequence[str] = "Deployment",
+    workload_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create one service; returns ids and names (and the token's fingerprint), never the token.
 
     ``template_annotations`` go on the pod template (the emulator's per-deployment timings,
     e.g. ``sandbox.xapi.io/pod-start-delay``); ``deployment_spec`` is merged over the
     Deployment's spec (strategy, progressDeadlineSeconds...).
+
+    ``kind`` picks what runs the pods: ``"Deployment"`` (the default), ``"StatefulSet"``,
+    ``"DaemonSet"`` (one pod per emulator node; ``replicas`` does not apply), or a list of
+    them for several workloads of the same name sharing the Secret. ``workload_spec`` is
+    merged over the StatefulSet's/DaemonSet's spec (``updateStrategy``...). The result's
+    ``deployment`` is None when no Deployment was made; ``workloads`` lists ``{kind, name}``.
     """
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    if not kinds or any(k not in WORKLOAD_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kind must be one or more of {', '.join(WORKLOAD_KINDS)} (each once), not {kind!r}")
     cluster = _cluster(kubeconfig)
     user_name = system_user_name or f"{namespace}-{name}"
     status, body = api(
@@ -207,38 +243,64 @@ def seed_service(
             "data": {"token": _b64(token), "id": _b64(user["id"])},
         },
     )
-    manifest = deployment_manifest(namespace, name, secret, replicas, strategy, reload_interval, template_annotations)
-    manifest["spec"].update(deployment_spec or {})
-    cluster.ensure(f"/apis/apps/v1/namespaces/{namespace}/deployments", manifest)
+    for workload_kind in kinds:
+        manifest = workload_manifest(
+            workload_kind, namespace, name, secret, replicas, strategy, reload_interval, template_annotations
+        )
+        manifest["spec"].update((deployment_spec if workload_kind == "Deployment" else workload_spec) or {})
+        cluster.ensure(f"/apis/apps/v1/namespaces/{namespace}/{WORKLOAD_PLURALS[workload_kind]}", manifest)
     return {
         "namespace": namespace,
         "system_user_id": user["id"],
         "system_user_name": user_name,
         "expires_at": user["expires_at"],
         "secret": secret,
-        "deployment": name,
+        "deployment": name if "Deployment" in kinds else None,
+        "workloads": [{"kind": k, "name": name} for k in kinds],
         "token_fingerprint": hashlib.sha256(token.encode()).hexdigest()[:8],
     }
 
 
-def wait_available(kubeconfig: str | Path, namespace: str, name: str, timeout: float = 60) -> None:
-    """Wait until the Deployment's rollout is complete by the rules `kubectl rollout status` uses."""
+def rollout_done(obj: dict[str, Any]) -> bool:
+    """Whether `kubectl rollout status` would call this Deployment, StatefulSet or DaemonSet rolled out."""
+    spec, state = obj["spec"], obj.get("status") or {}
+    observed = state.get("observedGeneration", 0)
+    if observed == 0 or observed < obj["metadata"].get("generation", 1):
+        return False
+    kind = obj.get("kind", "Deployment")
+    if kind == "DaemonSet":
+        desired = state.get("desiredNumberScheduled", 0)
+        return state.get("updatedNumberScheduled", 0) >= desired and state.get("numberAvailable", 0) >= desired
+    wanted = spec.get("replicas", 1)
+    if kind == "StatefulSet":
+        rolling = (spec.get("updateStrategy") or {}).get("rollingUpdate")
+        if state.get("readyReplicas", 0) < wanted:
+            return False
+        if rolling is not None:
+            return state.get("updatedReplicas", 0) >= wanted - rolling.get("partition", 0)
+        return state.get("updateRevision") == state.get("currentRevision")
+    return (
+        state.get("updatedReplicas", 0) == wanted
+        and state.get("replicas", 0) == wanted
+        and state.get("availableReplicas", 0) == wanted
+    )
+
+
+def wait_available(
+    kubeconfig: str | Path, namespace: str, name: str, timeout: float = 60, kind: str = "Deployment"
+) -> None:
+    """Wait until the workload's rollout is complete by the rules `kubectl rollout status` uses."""
     cluster = _cluster(kubeconfig)
+    plural = WORKLOAD_PLURALS.get(kind)
+    if plural is None:
+        raise ValueError(f"kind must be one of {', '.join(WORKLOAD_KINDS)}, not {kind!r}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-        if status == 200:
-            spec, state = body["spec"], body.get("status") or {}
-            wanted = spec.get("replicas", 1)
-            if (
-                state.get("observedGeneration", 0) >= body["metadata"].get("generation", 1)
-                and state.get("updatedReplicas", 0) == wanted
-                and state.get("replicas", 0) == wanted
-                and state.get("availableReplicas", 0) == wanted
-            ):
-                return
+        status, body = cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/{plural}/{name}")
+        if status == 200 and rollout_done(body):
+            return
         time.sleep(0.1)
-    raise SeedError(f"deployment {namespace}/{name} did not become available within {timeout:.0f}s")
+    raise SeedError(f"{kind.lower()} {namespace}/{name} did not become available within {timeout:.0f}s")
 
 
 def seed_demo(

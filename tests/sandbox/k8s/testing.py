@@ -8,20 +8,23 @@ simulated workload) goes through :meth:`Kube.emulator`, which skips on a real cl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.sandbox.seed import _load_kubeconfig, seed_service
+from tests.sandbox.seed import WORKLOAD_PLURALS, _load_kubeconfig, rollout_done, seed_service
 
 REPO = Path(__file__).resolve().parents[3]
 REAL_CLUSTER = os.environ.get("XAPI_TEST_REAL_CLUSTER") == "1"
@@ -51,6 +54,7 @@ class Kube:
         self.token: str = user.get("token", "")
         self.session = requests.Session()
         self.created_namespaces: list[str] = []
+        self.emulator_process: Emulator | None = None  # set for a cluster started by start_emulator
 
     # -- raw API -------------------------------------------------------------------------
 
@@ -80,6 +84,14 @@ class Kube:
     def deployment(self, namespace: str, name: str) -> dict[str, Any]:
         return self.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
 
+    def workload(self, namespace: str, kind: str, name: str) -> dict[str, Any]:
+        """A Deployment, StatefulSet or DaemonSet."""
+        return self.get(f"/apis/apps/v1/namespaces/{namespace}/{WORKLOAD_PLURALS[kind]}/{name}")
+
+    def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        query = f"?labelSelector={requests.utils.quote(selector)}" if selector else ""
+        return self.get(f"/api/v1/namespaces/{namespace}/pods{query}")["items"]
+
     # -- emulator switches ---------------------------------------------------------------
 
     def emulator(self, why: str) -> None:
@@ -93,9 +105,19 @@ class Kube:
         assert response.status_code in (200, 201), f"{method} {path}: {response.status_code} {response.text[:300]}"
         return response.json()["data"]
 
-    def pods_state(self, namespace: str, deployment: str | None = None) -> list[dict[str, Any]]:
+    def pods_state(
+        self, namespace: str, deployment: str | None = None, workload: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The emulator's view of the namespace's pods; optionally of one Deployment, or any workload/kind."""
         pods = self.control("GET", "/_sandbox/state")["pods"]
-        return [p for p in pods if p["namespace"] == namespace and deployment in (None, p["deployment"])]
+        return [
+            p
+            for p in pods
+            if p["namespace"] == namespace
+            and deployment in (None, p["deployment"])
+            and workload in (None, p["workload"])
+            and kind in (None, p["workload_kind"])
+        ]
 
     # -- fixtures of the world -------------------------------------------------------------
 
@@ -119,6 +141,7 @@ class Kube:
         **kwargs: Any,
     ) -> dict[str, Any]:
         self.emulator("its pods run the simulated workload")
+        kinds = kwargs.get("kind", "Deployment")
         service = seed_service(
             platform_url=self.sandbox.url,
             admin_token=self.sandbox.admin_token,
@@ -133,7 +156,10 @@ class Kube:
             **kwargs,
         )
         if wait:
-            self.wait_for(lambda: rollout_complete(self.deployment(namespace, name)), 30, "the seeded rollout")
+            for kind in [kinds] if isinstance(kinds, str) else kinds:
+                self.wait_for(
+                    lambda kind=kind: rollout_done(self.workload(namespace, kind, name)), 30, f"the seeded {kind}"
+                )
         return service
 
     def cleanup(self) -> None:
@@ -218,3 +244,86 @@ def kube(sandbox: Any) -> Any:
     target = Kube(sandbox, kubeconfig)
     yield target
     target.cleanup()
+
+
+@dataclass
+class Emulator:
+    """A Kubernetes emulator process of a test's own (see :func:`start_emulator`)."""
+
+    url: str
+    kubeconfig: str
+    admin_token: str
+    ca_file: str
+    state_dir: Path
+    log: Path
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def start_emulator(
+    platform_url: str,
+    state_dir: Path,
+    *,
+    platform_ca: str | None = None,
+    context: str = "xapi-sandbox",
+    args: tuple[str, ...] = (),
+) -> Iterator[Emulator]:
+    """Run one more emulator (another "cluster") whose pods call the given platform sandbox.
+
+    Each instance has its own port, CA, admin token and objects, so several run side by side
+    against one platform. ``context`` names its kubeconfig's context/cluster/user (give each
+    cluster its own, so kubeconfigs merge); ``args`` are more command-line options
+    (``--nodes 3``, ``--pod-start-delay 0.1``...). Stopped (SIGTERM, by its pid) on exit.
+    """
+    from tests.sandbox.client import wait_ready
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir.parent / f"{state_dir.name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.sandbox.k8s",
+        "--state-dir",
+        str(state_dir),
+        "--platform-url",
+        platform_url,
+        "--context",
+        context,
+        *args,
+    ]
+    if platform_ca:
+        command += ["--platform-ca", platform_ca]
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=handle)
+    try:
+        ready = wait_ready(state_dir, timeout=20, process=process)
+        yield Emulator(
+            ready["url"], ready["kubeconfig"], ready["admin_token"], ready["ca_file"], state_dir, log, process
+        )
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def second_cluster(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A second emulator ("cluster-2", context ``xapi-sandbox-2``) whose pods call the session's platform.
+
+    A :class:`Kube` like ``kube``: seed services in it with ``second_cluster.seed(...)``; its
+    ``emulator_process`` is the :class:`Emulator` (url, kubeconfig, admin token, log).
+    """
+    if REAL_CLUSTER:
+        pytest.skip("a second emulator needs the emulator; not available on a real cluster")
+    directory = tmp_path_factory.mktemp("second-cluster")
+    with start_emulator(
+        sandbox.url, directory / "k8s", platform_ca=sandbox.ca_path, context="xapi-sandbox-2"
+    ) as emulator:
+        target = Kube(sandbox, emulator.kubeconfig)
+        target.emulator_process = emulator
+        yield target
+        target.cleanup()
