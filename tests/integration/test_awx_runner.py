@@ -5,13 +5,17 @@ The AWX test lays out a private data directory the way AWX does for a job:
 - ``project/``: the project checkout (the repository's tracked files, nothing installed);
 - ``inventory/hosts``: an executable script printing the inventory as JSON, one host per service;
 - ``env/envvars``: what the job's credentials inject: the "xapi platform API" credential type
-  (``extensions/awx/credential_type.yml``) rendered with this sandbox's values, and AWX's built-in
-  Kubernetes bearer-token credential (``K8S_AUTH_*``); no KUBECONFIG;
+  (``extensions/awx/credential_type.yml``) rendered with this sandbox's values exactly as AWX's
+  ``CredentialType.inject_credential`` does (its ``file`` injector writes the CA's PEM text to a
+  mode-600 file under ``env/``, whose path the ``env`` injector passes as ``XAPI_CA_PATH``; the
+  failure webhook URL is a secret input injected as ``XAPI_FAILURE_WEBHOOK_URL``), and AWX's
+  built-in Kubernetes bearer-token credential (``K8S_AUTH_*``); no KUBECONFIG;
 - ``env/extravars``: the survey answers (strings, as AWX sends them) and never a token;
 - ``env/cmdline``: the job template's prompted limit.
 
-The collections come from the built tarball installed next to kubernetes.core, as in the
-execution environment. The runner's own process environment carries no XAPI_*, K8S_* or
+The platform API of this module's sandbox is served over HTTPS with a generated CA that nothing
+trusts but the injected CA file. The collections come from the built tarball installed next to
+kubernetes.core, as in the execution environment. The runner's own process environment carries no XAPI_*, K8S_* or
 KUBECONFIG, so whatever reaches the modules came from the credential injection.
 """
 
@@ -20,19 +24,25 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import http.server
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from jinja2 import Environment, StrictUndefined
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tests.conftest import _start_sandbox, _stop_sandbox
 from tests.sandbox.seed import Cluster, seed_service, wait_available
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,38 +87,166 @@ def _kubeconfig_parts(kubeconfig: str) -> tuple[str, str, str]:
     return cluster["server"], config["users"][0]["user"]["token"], cluster["certificate-authority"]
 
 
-def _credential_env(sandbox: Any) -> dict[str, str]:
-    """Render the credential type's injectors the way AWX does (Jinja over the credential's inputs)."""
-    spec = yaml.safe_load((REPO / "extensions" / "awx" / "credential_type.yml").read_text())
-    inputs = {"api_url": sandbox.url, "admin_token": sandbox.admin_token}
-    if sandbox.ca_path:
-        inputs["ca_path"] = sandbox.ca_path
-    # Every required input is set, and nothing is injected that the inputs do not define.
-    declared = {f["id"] for f in spec["inputs"]["fields"]}
-    assert set(spec["inputs"]["required"]) <= set(inputs) <= declared
-    assert {f["id"] for f in spec["inputs"]["fields"] if f.get("secret")} == {"admin_token"}
-    jinja = Environment(undefined=StrictUndefined, autoescape=False)
-    env = {name: jinja.from_string(template).render(**inputs) for name, template in spec["injectors"]["env"].items()}
-    assert set(env) == {"XAPI_URL", "XAPI_ADMIN_TOKEN", "XAPI_CA_PATH"}
+CREDENTIAL_TYPE = REPO / "extensions" / "awx" / "credential_type.yml"
+
+
+class _TowerNamespace:
+    """AWX's ``tower`` template namespace (``tower.filename.<label>``)."""
+
+
+def _awx_validate(spec: dict[str, Any]) -> None:
+    """What AWX checks when the credential type is saved (CredentialTypeInputField / InjectorField)."""
+    fields = spec["inputs"]["fields"]
+    ids = [f["id"] for f in fields]
+    assert len(ids) == len(set(ids)), "field ids must be unique"
+    for field in fields:
+        assert field["type"] in ("string", "boolean"), field
+        assert set(field) <= {"id", "type", "label", "help_text", "secret", "multiline", "format", "choices",
+                              "ask_at_runtime"}, field
+    assert set(spec["inputs"]["required"]) <= set(ids)
+    assert set(spec["injectors"]) <= {"file", "env", "extra_vars"}
+    namespace: dict[str, Any] = dict.fromkeys(ids, "EXAMPLE")
+    namespace["tower"] = _TowerNamespace()
+    namespace["tower"].filename = _TowerNamespace()
+    labels = list(spec["injectors"].get("file", {}))
+    assert all(re.fullmatch(r"template(\.[a-zA-Z_]+[a-zA-Z0-9_]*)?", label) for label in labels), labels
+    for label in labels:
+        setattr(namespace["tower"].filename, label.split(".")[1], "EXAMPLE_FILENAME")
+    for name in spec["injectors"].get("env", {}):
+        assert re.fullmatch(r"[a-zA-Z_]+[a-zA-Z0-9_]*", name) and not name.startswith("ANSIBLE_"), name
+    strict = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    for injector in spec["injectors"].values():
+        for template in injector.values():
+            strict.from_string(template).render(namespace)  # an undefined field raises, as AWX refuses it
+
+
+def _awx_inject(spec: dict[str, Any], inputs: dict[str, str], pdd: Path) -> dict[str, str]:
+    """AWX's CredentialType.inject_credential for a custom type: the files it writes, the env it sets.
+
+    Empty inputs are left out of the namespace; each ``file`` template is written (even when it
+    renders empty) to a mkstemp file under ``env/`` with mode 600; ``env`` templates render with
+    Jinja's default Undefined in the sandboxed environment.
+    """
+    namespace: dict[str, Any] = {name: value for name, value in inputs.items() if len(value)}
+    tower = namespace["tower"] = _TowerNamespace()
+    jinja = ImmutableSandboxedEnvironment()
+    for label, template in spec["injectors"].get("file", {}).items():
+        data = jinja.from_string(template).render(**namespace)
+        _fd, path = tempfile.mkstemp(dir=pdd / "env")
+        os.close(_fd)
+        Path(path).write_text(data)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        if "." not in label:
+            tower.filename = path
+        else:
+            if not hasattr(tower, "filename"):
+                tower.filename = _TowerNamespace()
+            setattr(tower.filename, label.split(".")[1], path)
+    return {name: jinja.from_string(template).render(**namespace)
+            for name, template in spec["injectors"].get("env", {}).items()}
+
+
+def _credential_env(sandbox: Any, pdd: Path, webhook_url: str = "") -> dict[str, str]:
+    """What the job's two credentials inject: "xapi platform API" and AWX's Kubernetes bearer token."""
+    spec = yaml.safe_load(CREDENTIAL_TYPE.read_text())
+    _awx_validate(spec)
+    assert sandbox.ca_path, "this module's sandbox serves the platform API over HTTPS"
+    # What an operator pastes into the credential: the URL, the token, the CA's PEM text.
+    inputs = {"api_url": sandbox.url, "admin_token": sandbox.admin_token,
+              "ca": Path(sandbox.ca_path).read_text(), "failure_webhook_url": webhook_url}
+    declared = {f["id"]: f for f in spec["inputs"]["fields"]}
+    assert set(spec["inputs"]["required"]) == {"api_url", "admin_token"} and set(inputs) == set(declared)
+    assert {i for i, f in declared.items() if f.get("secret")} == {"admin_token", "failure_webhook_url"}
+    assert declared["ca"].get("multiline") is True and not declared["ca"].get("secret")
+    env = _awx_inject(spec, inputs, pdd)
+    assert set(env) == {"XAPI_URL", "XAPI_ADMIN_TOKEN", "XAPI_CA_PATH", "XAPI_FAILURE_WEBHOOK_URL"}
+    # The CA went into a private file of the job's env/ directory, and only there.
+    ca_file = Path(env["XAPI_CA_PATH"])
+    assert ca_file.parent == pdd / "env" and ca_file.read_text() == inputs["ca"]
+    assert stat.S_IMODE(ca_file.stat().st_mode) == 0o600
+    assert env["XAPI_FAILURE_WEBHOOK_URL"] == webhook_url
     # AWX's "OpenShift or Kubernetes API Bearer Token" credential.
-    host, token, ca_file = _kubeconfig_parts(sandbox.kubeconfig)
+    host, token, ca_file_k8s = _kubeconfig_parts(sandbox.kubeconfig)
     env.update({"K8S_AUTH_HOST": host, "K8S_AUTH_API_KEY": token, "K8S_AUTH_VERIFY_SSL": "True",
-                "K8S_AUTH_SSL_CA_CERT": ca_file})
+                "K8S_AUTH_SSL_CA_CERT": ca_file_k8s})
     return env
 
 
+def test_credential_type_without_ca_or_webhook_injects_empty_values(tmp_path: Path) -> None:
+    spec = yaml.safe_load(CREDENTIAL_TYPE.read_text())
+    _awx_validate(spec)
+    (tmp_path / "env").mkdir()
+    env = _awx_inject(spec, {"api_url": "https://api.example.com", "admin_token": "xadm_x"}, tmp_path)
+    # AWX still writes the (empty) CA file; XAPI_CA_PATH must not point at it, or TLS would trust nothing.
+    assert env["XAPI_CA_PATH"] == "" and env["XAPI_FAILURE_WEBHOOK_URL"] == ""
+    assert env["XAPI_URL"] == "https://api.example.com" and env["XAPI_ADMIN_TOKEN"] == "xadm_x"
+
+
+class _Webhook:
+    """A local endpoint recording what the role POSTs to the failure webhook."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                hook.bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secretpart"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Any:
+    hook = _Webhook()
+    yield hook
+    hook.close()
+
+
 @pytest.fixture(scope="module")
-def ee_collections(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The collections of the execution environment: this collection's tarball and kubernetes.core."""
-    build = tmp_path_factory.mktemp("ee-build")
-    dest = tmp_path_factory.mktemp("ee-collections")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """This module's own sandbox (it overrides conftest's): its platform API over HTTPS with a generated CA."""
+    directory = tmp_path_factory.mktemp("awx-sandbox")
+    running = _start_sandbox(directory, "--tls", "--no-seed")
+    yield running
+    _stop_sandbox(directory)
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collection as released: built from the repository (galaxy.yml's build_ignore applies)."""
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", "--force", "--output-path", str(build),
+                    str(REPO)], cwd=build, env=_base_env(), check=True, capture_output=True, timeout=300)
+    return next(build.glob("xapi-system_auth-*.tar.gz"))
+
+
+def _install(tarball: Path, cwd: Path, env: dict[str, str], *path: str) -> None:
+    """ansible-galaxy collection install of kubernetes.core, then of the tarball (offline: no Galaxy here)."""
     galaxy = str(VENV_BIN / "ansible-galaxy")
-    for cmd in ([galaxy, "collection", "build", "--force", "--output-path", str(build), str(REPO)],
-                [galaxy, "collection", "install", "--offline", "-p", str(dest), str(KUBERNETES_CORE)]):
-        subprocess.run(cmd, cwd=build, env=_base_env(), check=True, capture_output=True, timeout=300)
-    tarball = next(build.glob("xapi-system_auth-*.tar.gz"))
-    subprocess.run([galaxy, "collection", "install", "--offline", "-p", str(dest), str(tarball)], cwd=build,
-                   env=_base_env(), check=True, capture_output=True, timeout=300)
+    for source in (KUBERNETES_CORE, tarball):
+        result = subprocess.run([galaxy, "collection", "install", "--offline", *path, str(source)], cwd=cwd, env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def ee_collections(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collections of the execution environment: this collection's tarball and kubernetes.core."""
+    dest = tmp_path_factory.mktemp("ee-collections")
+    _install(tarball, dest, _base_env(), "-p", str(dest))
     return dest
 
 
@@ -141,8 +279,8 @@ def _inventory_script(services: dict[str, dict[str, Any]]) -> str:
     return f"#!/usr/bin/env python3\nimport json\nprint(json.dumps({json.dumps(inventory)}))\n"
 
 
-def _private_data_dir(root: Path, services: dict[str, dict[str, Any]], envvars: dict[str, str],
-                      extravars: dict[str, Any], limit: str | None) -> Path:
+def _private_data_dir(root: Path, services: dict[str, dict[str, Any]], sandbox: Any, ee_collections: Path,
+                      extravars: dict[str, Any], limit: str | None, webhook_url: str = "") -> Path:
     pdd = root / "pdd"
     project = pdd / "project"
     # What a clone of the project would hold (untracked work included, ignored files not).
@@ -158,6 +296,9 @@ def _private_data_dir(root: Path, services: dict[str, dict[str, Any]], envvars: 
     hosts.write_text(_inventory_script(services))
     hosts.chmod(0o700)
     (pdd / "env").mkdir()
+    envvars = _credential_env(sandbox, pdd, webhook_url)
+    # The EE's collections (an EE image has them in its default collections path).
+    envvars["ANSIBLE_COLLECTIONS_PATH"] = str(ee_collections)
     (pdd / "env" / "envvars").write_text(yaml.safe_dump(envvars))
     (pdd / "env" / "extravars").write_text(yaml.safe_dump(extravars))
     (pdd / "env" / "settings").write_text(yaml.safe_dump({"job_timeout": 600, "suppress_ansible_output": False}))
@@ -200,16 +341,14 @@ def _assert_no_token_anywhere(pdd: Path, ident: str, result: subprocess.Complete
 
 
 def test_awx_job_rotates_the_due_service_only_and_publishes_stats(
-    sandbox: Any, services: dict, ee_collections: Path, tmp_path: Path,
+    sandbox: Any, services: dict, ee_collections: Path, tmp_path: Path, webhook: _Webhook,
 ) -> None:
     cluster = Cluster(sandbox.kubeconfig)
     before = {name: _secret(cluster, info["secret"]) for name, info in services.items()}
-    envvars = _credential_env(sandbox)
-    # The EE's collections (an EE image has them in its default collections path).
-    envvars["ANSIBLE_COLLECTIONS_PATH"] = str(ee_collections)
     # The survey answer for "force", a string as AWX sends it: "false" must not force anything.
     extravars = {"credential_rotation_force": "false"}
-    pdd = _private_data_dir(tmp_path, services, envvars, extravars, limit=",".join(sorted(services)))
+    pdd = _private_data_dir(tmp_path, services, sandbox, ee_collections, extravars, limit=",".join(sorted(services)),
+                            webhook_url=webhook.url)
     token_in_extravars = sandbox.admin_token in (pdd / "env" / "extravars").read_text()
     assert not token_in_extravars, "the admin token reached env/extravars"
 
@@ -244,9 +383,12 @@ def test_awx_job_rotates_the_due_service_only_and_publishes_stats(
     assert summary["ledger-fresh"]["status"] not in ("rotated", "failed")
     assert summary["ledger-fresh"]["credential_id"] == fresh["system_user_id"]
 
+    # Nothing failed, so nothing was posted to the failure webhook.
+    assert webhook.bodies == []
+
     k8s_token = _kubeconfig_parts(sandbox.kubeconfig)[1]
     tokens = [sandbox.admin_token, k8s_token, before["billing-due"]["token"], after["billing-due"]["token"],
-              before["ledger-fresh"]["token"]]
+              before["ledger-fresh"]["token"], webhook.url]
     _assert_no_token_anywhere(pdd, "nightly", result, tokens)
 
 
@@ -255,9 +397,8 @@ def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(
 ) -> None:
     cluster = Cluster(sandbox.kubeconfig)
     before = {name: _secret(cluster, info["secret"]) for name, info in services.items()}
-    envvars = _credential_env(sandbox)
-    envvars["ANSIBLE_COLLECTIONS_PATH"] = str(ee_collections)
-    pdd = _private_data_dir(tmp_path, services, envvars, {"credential_rotation_force": "true"}, limit="ledger-fresh")
+    pdd = _private_data_dir(tmp_path, services, sandbox, ee_collections, {"credential_rotation_force": "true"},
+                            limit="ledger-fresh")
 
     result = _run_job(pdd, "manual")
     assert result.returncode == 0, f"the job failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
@@ -275,6 +416,33 @@ def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(
     _assert_no_token_anywhere(pdd, "manual", result, tokens)
 
 
+def test_awx_job_failure_is_posted_to_the_credential_webhook(
+    sandbox: Any, services: dict, ee_collections: Path, tmp_path: Path, webhook: _Webhook,
+) -> None:
+    defaults = (REPO / "roles" / "credential_rotation" / "defaults" / "main.yml").read_text()
+    if "XAPI_FAILURE_WEBHOOK_URL" not in defaults:
+        pytest.skip("the role does not read credential_rotation_failure_webhook_url from XAPI_FAILURE_WEBHOOK_URL yet")
+    cluster = Cluster(sandbox.kubeconfig)
+    before = _secret(cluster, services["billing-due"]["secret"])
+    # The platform refuses every new credential: the forced rotation fails before it changed anything.
+    fault = {"method": "POST", "path": "/api/v1/system-users", "status": 503, "count": None}
+    sandbox.api("POST", "/_sandbox/faults", json=fault).raise_for_status()
+    try:
+        pdd = _private_data_dir(tmp_path, services, sandbox, ee_collections, {"credential_rotation_force": "true"},
+                                limit="billing-due", webhook_url=webhook.url)
+        result = _run_job(pdd, "failing")
+    finally:
+        sandbox.api("DELETE", "/_sandbox/faults").raise_for_status()
+    assert result.returncode != 0, "the job succeeded although the platform refused every new credential"
+    assert (pdd / "artifacts" / "failing" / "status").read_text().strip() == "failed"
+    assert _same(_secret(cluster, services["billing-due"]["secret"]), before)
+    # The webhook came from the credential (env), not from the inventory or extra vars.
+    assert webhook.url not in (pdd / "inventory" / "hosts").read_text() + (pdd / "env" / "extravars").read_text()
+    assert [body.get("service") for body in webhook.bodies] == ["billing-due"], webhook.bodies
+    assert "failed" in webhook.bodies[0]["text"]
+    _assert_no_token_anywhere(pdd, "failing", result, [sandbox.admin_token, before["token"], webhook.url])
+
+
 def test_configure_awx_playbook_passes_syntax_check() -> None:
     env = _base_env() | {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".collections")}
     result = subprocess.run([str(VENV_BIN / "ansible-playbook"), "--syntax-check", "extensions/awx/configure_awx.yml"],
@@ -289,11 +457,16 @@ def test_configure_awx_playbook_passes_syntax_check() -> None:
 # --- cron ------------------------------------------------------------------------------------------
 
 def _cron_env(tmp_path: Path, playbook: Path, env_file: Path, **extra: str) -> dict[str, str]:
+    """The wrapper's settings through the environment (what an env file may also set)."""
+    inventory = tmp_path / "inventory.yml"
+    if not inventory.exists():
+        inventory.write_text(yaml.safe_dump({"services": {"hosts": {"svc-a": {}}}}))
     return _base_env() | {
         "XAPI_ROTATE_ENV_FILE": str(env_file),
         "XAPI_ROTATE_LOG": str(tmp_path / "log" / "rotation.log"),
         "XAPI_ROTATE_LOCK": str(tmp_path / "rotation.lock"),
         "XAPI_ROTATE_PLAYBOOK": str(playbook),
+        "XAPI_ROTATE_INVENTORY": str(inventory),
         **extra,
     }
 
@@ -348,6 +521,8 @@ def test_cron_wrapper_refuses_to_overlap(tmp_path: Path) -> None:
     ("no_url", "XAPI_URL is not set"),
     ("no_token", "XAPI_ADMIN_TOKEN is not set"),
     ("no_playbook", "not found; set XAPI_ROTATE_PLAYBOOK"),
+    ("no_inventory", "no inventory given; pass -i /path/to/inventory.yml or set XAPI_ROTATE_INVENTORY"),
+    ("missing_inventory", "inventory /nonexistent/inventory.yml not found"),
 ])
 def test_cron_wrapper_rejects_bad_setup_with_one_sentence(tmp_path: Path, case: str, message: str) -> None:
     values = {"XAPI_URL": "http://127.0.0.1:9", "XAPI_ADMIN_TOKEN": "xadm_secret_value"}
@@ -358,8 +533,12 @@ def test_cron_wrapper_rejects_bad_setup_with_one_sentence(tmp_path: Path, case: 
     env_file = _write_env_file(tmp_path / "env", values, mode=0o644 if case == "world_readable" else 0o600)
     playbook = tmp_path / "missing.yml" if case == "no_playbook" else _local_playbook(tmp_path, {
         "name": "Must not run", "ansible.builtin.debug": {"msg": "ran"}})
-    result = subprocess.run(["bash", str(CRON)], env=_cron_env(tmp_path, playbook, env_file), capture_output=True,
-                            text=True, timeout=60, check=False)
+    env = _cron_env(tmp_path, playbook, env_file)
+    if case == "no_inventory":
+        del env["XAPI_ROTATE_INVENTORY"]
+    if case == "missing_inventory":
+        env["XAPI_ROTATE_INVENTORY"] = "/nonexistent/inventory.yml"
+    result = subprocess.run(["bash", str(CRON)], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -392,3 +571,120 @@ def test_cron_wrapper_runs_the_real_rotation_playbook(sandbox: Any, services: di
     leaked = [token[:5] for token in (sandbox.admin_token, before["token"]) if token in output]
     assert not leaked, f"tokens starting {leaked} appear in the cron log or output"
     assert stat.S_IMODE((tmp_path / "env").stat().st_mode) == 0o600
+
+
+# --- cron, exactly as the README says, from an installed collection -------------------------------
+
+README = REPO / "README.md"
+# Where `ansible-galaxy collection install` puts the collection by default, under HOME.
+INSTALLED = Path(".ansible", "collections", "ansible_collections", "xapi", "system_auth")
+CRON_LINE = re.compile(r"^\s*(0 2 \* \* \* (\S*/cron-rotate\.sh\b.*?))\s*$", re.MULTILINE)
+
+
+def _documented_cron_line() -> tuple[str, str]:
+    """The crontab line of README.md's Scheduling section (the AWX guide must show the same one)."""
+    found = CRON_LINE.findall(README.read_text())
+    assert len(found) == 1, f"README.md should show exactly one crontab line: {found}"
+    line, command = found[0]
+    guide = (REPO / "docs" / "docsite" / "rst" / "guide_awx.rst").read_text()
+    assert line in guide, "the AWX guide's crontab line differs from the README's"
+    assert line in CRON.read_text(), "the wrapper's header shows another crontab line"
+    return line, command
+
+
+@pytest.fixture(scope="module")
+def cron_home(tarball: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's home outside the repository, the collection installed there as the README says."""
+    home = tmp_path_factory.mktemp("cron-home")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "SHELL": "/bin/sh"}
+    # `ansible-galaxy collection install xapi.system_auth` (here from the built tarball): ~/.ansible/collections.
+    _install(tarball, home, env)
+    script = home / INSTALLED / "hack" / "cron-rotate.sh"
+    assert script.is_file() and os.access(script, os.X_OK), "the installed collection has no executable cron wrapper"
+    return home
+
+
+def _run_as_cron(home: Path, command: str) -> subprocess.CompletedProcess:
+    """What cron does with a crontab line: /bin/sh -c, from HOME, with an environment of four variables."""
+    return subprocess.run(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", "SHELL=/bin/sh",
+                           f"LOGNAME={os.environ.get('LOGNAME', 'root')}", "/bin/sh", "-c", command],
+                          cwd=home, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _cron_setup(home: Path, command: str, sandbox: Any, hosts: dict[str, Any], **values: str) -> dict[str, Path]:
+    """The env file, inventory and log the documented line names, at the paths it names."""
+    expanded = command.replace("$HOME", str(home))
+    paths = {"env": Path(re.search(r"--env-file (\S+)", expanded).group(1)),
+             "inventory": Path(re.search(r"-i (\S+)", expanded).group(1)),
+             "log": Path(re.search(r"--log (\S+)", expanded).group(1))}
+    assert all(str(path).startswith(str(home)) for path in paths.values()), paths
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"XAPI_URL": sandbox.url, "XAPI_ADMIN_TOKEN": sandbox.admin_token, "KUBECONFIG": sandbox.kubeconfig,
+                # cron's PATH has no ansible-playbook: the env file says which one.
+                "XAPI_ANSIBLE_PLAYBOOK": str(VENV_BIN / "ansible-playbook")}
+    if sandbox.ca_path:
+        settings["XAPI_CA_PATH"] = sandbox.ca_path
+    _write_env_file(paths["env"], settings | values)
+    paths["inventory"].write_text(yaml.safe_dump({"services": {"hosts": hosts}}))
+    paths["log"].unlink(missing_ok=True)
+    return paths
+
+
+def test_documented_cron_line_rotates_from_the_installed_collection_under_crons_environment(
+    sandbox: Any, cron_home: Path,
+) -> None:
+    line, command = _documented_cron_line()
+    seeded = seed_service(sandbox.url, sandbox.admin_token, sandbox.kubeconfig, namespace=NAMESPACE, name="cron-due",
+                          replicas=1, expires_in_days=3, platform_ca=sandbox.ca_path)
+    wait_available(sandbox.kubeconfig, NAMESPACE, "cron-due")
+    cluster = Cluster(sandbox.kubeconfig)
+    before = _secret(cluster, seeded["secret"])
+    paths = _cron_setup(cron_home, command, sandbox, {"cron-due": {
+        "credential_rotation_namespace": NAMESPACE, "credential_rotation_secret_name": seeded["secret"],
+        "credential_rotation_deployments": [seeded["deployment"]],
+        "credential_rotation_poll_interval": 1, "credential_rotation_usage_timeout": 30}})
+
+    result = _run_as_cron(cron_home, command)
+    log = paths["log"].read_text() if paths["log"].exists() else ""
+    assert result.returncode == 0, f"{line}\nexited {result.returncode}: {result.stderr}\n{log[-6000:]}"
+    assert result.stdout == "" and result.stderr == "", "cron would mail output of a successful run"
+
+    lines = [entry for entry in log.splitlines() if entry.strip()]
+    assert all(time.strptime(entry.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%SZ") for entry in lines)
+    installed = cron_home / INSTALLED
+    # The playbook of the collection the script is installed in, with the documented inventory.
+    assert f"cron-rotate: start xapi.system_auth.rotate -i {paths['inventory']}" in log
+    assert f"cron-rotate: collection {installed};" in log
+    assert "cron-due" in log and "end rc=0" in lines[-1]
+    assert "No inventory was parsed" not in log and "was not found" not in log
+
+    # The rotation ran: a new credential in the Secret, the old one deactivated.
+    after = _secret(cluster, seeded["secret"])
+    assert after["id"] != before["id"], "the cron run did not rotate the due service"
+    users = {u["id"]: u for u in sandbox.state()["system_users"]}
+    assert users[after["id"]]["active"] is True and users[before["id"]]["active"] is False
+
+    output = log + result.stdout + result.stderr
+    tokens = (sandbox.admin_token, before["token"], after["token"], _kubeconfig_parts(sandbox.kubeconfig)[1])
+    leaked = [token[:5] for token in tokens if token in output]
+    assert not leaked, f"tokens starting {leaked} appear in the cron log or output"
+
+
+def test_documented_cron_line_exits_non_zero_and_says_so_when_the_rotation_fails(
+    sandbox: Any, services: dict, cron_home: Path,
+) -> None:
+    _line, command = _documented_cron_line()
+    info = services["ledger-fresh"]
+    paths = _cron_setup(cron_home, command, sandbox, {"ledger-fresh": {
+        "credential_rotation_namespace": NAMESPACE, "credential_rotation_secret_name": info["secret"],
+        "credential_rotation_deployments": [info["deployment"]]}},
+        # The platform API is down (nothing listens there).
+        XAPI_URL="http://127.0.0.1:9")
+    result = _run_as_cron(cron_home, command)
+    log = paths["log"].read_text()
+    assert result.returncode not in (0, 75), log[-5000:]
+    assert f"rotation FAILED (exit {result.returncode}); see {paths['log']}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"end rc={result.returncode}" in log.splitlines()[-1]
+    assert sandbox.admin_token not in log + result.stderr
