@@ -231,7 +231,7 @@ capabilities:
   description:
     - What this module run learned of the platform, without any extra call, so that a caller can
       choose what it may rely on.
-  returned: success
+  returned: success, and on a failure once the options were checked
   type: dict
   contains:
     list:
@@ -503,8 +503,16 @@ def ensure_all_present(client: XapiClient, items: list[dict], check_mode: bool, 
     return result
 
 
-def with_capabilities(client: XapiClient, result: dict) -> dict:
-    """The result with what the run learned of the platform (no extra call: the lookups asked)."""
+def with_capabilities(client: XapiClient, work: Callable[[], dict]) -> dict:
+    """What ``work`` returns, and what the run learned of the platform (no extra call: the lookups asked).
+
+    A failure carries it too: a caller deciding what to do next needs it most then.
+    """
+    try:
+        result = work()
+    except XapiError as exc:
+        exc.details.setdefault("capabilities", client.capabilities(probe=False))
+        raise
     result["capabilities"] = client.capabilities(probe=False)
     return result
 
@@ -535,7 +543,7 @@ def main() -> None:
 
         def work_one() -> dict:
             client = client_from_module(module)
-            return with_capabilities(client, ensure_present(client, params, module.check_mode, module._diff))
+            return with_capabilities(client, lambda: ensure_present(client, params, module.check_mode, module._diff))
 
         run_module(module, work_one)
         return
@@ -544,8 +552,8 @@ def main() -> None:
         # Every item is checked before the first call: one bad item changes nothing.
         items = validate_users(params["users"])
         client = client_from_module(module, pool_maxsize=pool_size_for(len(items)))
-        return with_capabilities(client, ensure_all_present(client, items, module.check_mode, module._diff,
-                                                            module.warn))
+        return with_capabilities(client, lambda: ensure_all_present(client, items, module.check_mode,
+                                                                    module._diff, module.warn))
 
     run_module(module, work)
 

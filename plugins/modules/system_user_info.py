@@ -203,7 +203,7 @@ capabilities:
     - What the platform serves, learned in this module run, so that a caller can choose what it may
       rely on (an orphan sweep needs RV(capabilities.list), a usage check needs C(last_used_at) in
       RV(capabilities.fields)).
-  returned: success
+  returned: success, and on a failure once the options were checked
   type: dict
   contains:
     list:
@@ -305,6 +305,7 @@ msg:
 """
 
 import time
+from collections.abc import Callable
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     MAX_CONCURRENCY,
@@ -432,8 +433,16 @@ def lookup(client: XapiClient, params: dict) -> dict:
     return by_list(client, params["name"], params["active"])
 
 
-def with_capabilities(client: XapiClient, result: dict, probe: bool) -> dict:
-    """The result with what the platform serves; with ``probe``, an unknown list route is asked once."""
+def with_capabilities(client: XapiClient, work: Callable[[], dict], probe: bool) -> dict:
+    """What ``work`` returns, and what the platform serves; with ``probe``, an unknown list route is asked once.
+
+    A failure carries what was learned so far (without a probe).
+    """
+    try:
+        result = work()
+    except XapiError as exc:
+        exc.details.setdefault("capabilities", client.capabilities(probe=False))
+        raise
     result["capabilities"] = client.capabilities(probe=probe)
     return result
 
@@ -467,7 +476,7 @@ def main() -> None:
                                     token_required=not uses_token)
         # Only a lookup by id asks the list route on purpose (one small request): a name lookup or a
         # listing has just asked it, and token lookups are a service's business, not an admin's.
-        return with_capabilities(client, lookup(client, params), probe=params["id"] is not None)
+        return with_capabilities(client, lambda: lookup(client, params), probe=params["id"] is not None)
 
     run_module(module, work)
 

@@ -314,7 +314,7 @@ def test_clock_advance_expires_tokens(plat: Any) -> None:
 
 def test_token_activation_delay(plat: Any) -> None:
     assert plat.api("POST", "/_sandbox/config", {"token_activation_delay": 1.0}).json() == {
-        "data": {"token_activation_delay": 1.0}}
+        "data": {"token_activation_delay": 1.0, "documented_only": False}}
     user = create(plat)
     status, code, message = error_of(plat.api("GET", "/api/v1/tenants", token=user["token"]))
     assert (status, code) == (401, "unauthorized") and "not active yet" in message

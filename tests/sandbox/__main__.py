@@ -97,7 +97,7 @@ def _write_env(sandbox_dir: Path, values: dict[str, str]) -> None:
 
 
 def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bool, k8s: bool,
-       owner: int | None = None) -> None:
+       owner: int | None = None, documented_only: bool = False) -> None:
     if owner is not None and not lifetime.alive(owner):
         raise LaunchError(f"the owner process {owner} is not running")
     if running(sandbox_dir):
@@ -119,6 +119,8 @@ def up(sandbox_dir: Path, platform_port: int, k8s_port: int, tls: bool, seed: bo
     ]
     if tls:
         platform_args.append("--tls")
+    if documented_only:
+        platform_args.append("--documented-only")
     try:
         platform = _start("platform", platform_args, sandbox_dir / "platform", sandbox_dir, owner)
         env = {
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--tls", action="store_true", help="serve the platform API over HTTPS with a generated CA")
     p_up.add_argument("--no-seed", action="store_true", help="do not create the demo world")
     p_up.add_argument("--no-k8s", action="store_true", help="start only the platform API sandbox")
+    p_up.add_argument("--documented-only", action="store_true",
+                      help="the platform API serves only the documented routes and fields (no list route)")
     p_up.add_argument("--owner-pid", default=os.environ.get(lifetime.OWNER_ENV) or None, metavar="PID|parent",
                       help="stop both servers once this process is gone (however it dies); 'parent' = the "
                            f"process running this command; default ${lifetime.OWNER_ENV}, else they run "
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 parser.error(f"--owner-pid: {exc}")
             up(sandbox_dir, args.platform_port, args.k8s_port, args.tls, not args.no_seed, not args.no_k8s,
-               owner=owner)
+               owner=owner, documented_only=args.documented_only)
         elif args.command == "down":
             down(sandbox_dir)
         else:
