@@ -121,7 +121,7 @@ def test_statefulset_replaces_one_pod_at_a_time_from_the_highest_ordinal(kube): 
             name = pod["metadata"]["name"]
             if pod["metadata"]["labels"][REVISION] == new_revision and name not in order:
                 order.append(name)
-        state = kube.pods_state(namespace, workload="ledger", kind="StatefulSet", annotations=QUICK)
+        state = kube.pods_state(namespace, workload="ledger", kind="StatefulSet")
         worst_unready = max(worst_unready, 3 - sum(1 for p in state if p["ready"] and not p["terminating"]))
         if rollout_done(kube.workload(namespace, "StatefulSet", "ledger")) and len(order) == 3:
             break

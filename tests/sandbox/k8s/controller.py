@@ -486,12 +486,16 @@ class Controller(AppsControllers):
     # -- kubelet -----------------------------------------------------------------------------
 
     def _never_ready(self, runtime: PodRuntime) -> bool:
-        chain = runtime.chain()
-        return any(
-            f["namespace"] in (None, runtime.namespace)
-            and any(f.get("kind") in (None, kind) and f.get("workload") in (None, name) for kind, name in chain if kind)
-            for f in self.faults
-        )
+        chain = [(kind, name) for kind, name in runtime.chain() if kind]
+
+        def matches(fault: dict[str, Any]) -> bool:
+            if fault["namespace"] not in (None, runtime.namespace):
+                return False
+            if fault.get("kind") is None and fault.get("workload") is None:
+                return True  # the whole namespace (or cluster), bare pods included
+            return any(fault.get("kind") in (None, k) and fault.get("workload") in (None, n) for k, n in chain)
+
+        return any(matches(f) for f in self.faults)
 
     def _read_secret_key(self, namespace: str, name: str, key: str) -> str | None:
         secret = self.store.peek(SECRETS, namespace, name)
