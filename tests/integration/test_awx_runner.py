@@ -438,7 +438,9 @@ def test_awx_job_failure_is_posted_to_the_credential_webhook(
     assert _same(_secret(cluster, services["billing-due"]["secret"]), before)
     # The webhook came from the credential (env), not from the inventory or extra vars.
     assert webhook.url not in (pdd / "inventory" / "hosts").read_text() + (pdd / "env" / "extravars").read_text()
-    assert [body.get("service") for body in webhook.bodies] == ["billing-due"], webhook.bodies
+    # One POST, about that service (named by the role's credential_rotation_service_name).
+    assert [(body.get("namespace"), body.get("secret")) for body in webhook.bodies] == [
+        (NAMESPACE, services["billing-due"]["secret"])], webhook.bodies
     assert "failed" in webhook.bodies[0]["text"]
     _assert_no_token_anywhere(pdd, "failing", result, [sandbox.admin_token, before["token"], webhook.url])
 
