@@ -861,11 +861,7 @@ class XapiClient:
             rate_limited = response is not None and response.status_code == 429
             if self.caps.list is False and not rate_limited:
                 # Nothing can tell whether it happened, so nothing may be sent again.
-                raise XapiError(
-                    f"the answer to creating system user {name} was lost ({last_reason}), so the platform may "
-                    f"hold an active system user named {name} whose token was lost; it has no list route to find "
-                    f"it ({self.caps.no_list_reason}): deactivate it by id in the platform's console, then re-run "
-                    "the task.")
+                raise self._lost_unlisted(name, last_reason)
             if self.caps.list is False:
                 # 429 means the platform did not carry the create out: sending it again is safe.
                 failures += 1
@@ -881,7 +877,11 @@ class XapiClient:
                 # Also gives a slow create time to land before the lookup.
                 self._sleep(min(retry_after if retry_after is not None else BACKOFF_FACTOR * (2 ** failures),
                                 BACKOFF_MAX))
-            appeared = self.find_active(name)
+            try:
+                appeared = self.find_active(name)
+            except NoListRoute:
+                # The list route stopped answering as one (an HTML page, a list without meta).
+                raise self._lost_unlisted(name, last_reason) from None
             if appeared is not None and not self._is_ours(appeared, started, seen_before):
                 # Someone else's user, made before this call began: not ours to deactivate.
                 raise XapiError(f"an active system user named {name} ({appeared.get('id')}) exists that this task "
@@ -904,6 +904,14 @@ class XapiClient:
                 raise XapiError(f"could not create system user {name} at {self.host} {self._attempts()} (last: "
                                 f"{last_reason}){ids}: nothing usable was created, re-run the task later.",
                                 orphaned_ids=orphans)
+
+    def _lost_unlisted(self, name: str, reason: str) -> XapiError:
+        """The sentence for a lost create answer on a platform that cannot be asked whether it happened."""
+        return XapiError(
+            f"the answer to creating system user {name} was lost ({reason}), so the platform may "
+            f"hold an active system user named {name} whose token was lost; it has no list route to find "
+            f"it ({self.caps.no_list_reason}): deactivate it by id in the platform's console, then re-run "
+            "the task.")
 
     def _conflict(self, response: requests.Response, name: str) -> XapiError:
         """The 409 of a create whose name an active user holds; without a list route, how to find it."""
