@@ -62,6 +62,8 @@ def _rotation_requests(run: dict, step: str, tokens: dict | None = None) -> Any:
         return [rules.unb64((tokens or {}).get(h, {}).get("current")) for h in hosts]
     if step == "create":
         return rules.create_requests(run)
+    if step == "create_retries":
+        return rules.create_retries(run)
     if step == "verify":
         return rules.verify_requests(run, tokens or {})
     if step == "verify_timeout":
@@ -90,7 +92,10 @@ def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) 
         hosts = rules.lookup_token_hosts(run)
         for host, item in zip(hosts, (extra or {}).get("results") or []):
             by_token[host] = item.get("system_user") or {}
-        return rules.decide(run, (answer or {}).get("system_users") or [], by_token, now)
+        answer, extra = answer or {}, extra or {}
+        error = answer.get("msg", "") if answer.get("failed") and not answer.get("system_users") else ""
+        token_error = extra.get("msg", "") if extra.get("failed") and not extra.get("results") else ""
+        return rules.decide(run, answer.get("system_users") or [], by_token, now, error, token_error)
     if step == "preview":
         return rules.preview(run, now)[0]
     if step in ("lock", "store", "promote", "rb_restore", "clear"):

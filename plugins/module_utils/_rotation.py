@@ -56,6 +56,7 @@ LOCK_EXPIRES = A + "rotation-lock-expires-at"
 LAST_ROTATED_AT = A + "last-rotated-at"
 LAST_ROTATION = A + "last-rotation"
 LAST_ROLLBACK_AT = A + "last-rollback-at"
+ROLLED_BACK_AT = A + "rolled-back-at"
 ROTATION_FOR = A + "rotation-for"
 # The pod-template annotation a restart sets; pods created from that template carry it.
 ROTATED_AT = A + "rotated-at"
@@ -63,7 +64,7 @@ ROTATED_AT = A + "rotated-at"
 # The annotations that describe a rotation in progress: cleared (null) when it ends.
 STATE_ANNOTATIONS = (PHASE, STARTED_AT, PENDING_NAME, PENDING_ID, PENDING_FP, PREVIOUS_ID, PREVIOUS_FP,
                      CURRENT_ID, CURRENT_FP, PROMOTED_AT, MARKER, USED_BEFORE, FAILED_ID, FAILED_MARKER,
-                     ROLLBACK_REASON)
+                     ROLLBACK_REASON, ROLLED_BACK_AT)
 LOCK_ANNOTATIONS = (LOCK_HOLDER, LOCK_EXPIRES)
 
 # Keys of the companion Secret.
@@ -160,7 +161,7 @@ def workload_ref(svc: dict, workload: dict) -> str:
 # (variable, minimum) for the numbers the argument spec can only call integers.
 _MINIMUMS = (("create_attempts", 1), ("verify_timeout", 1), ("rollout_timeout", 1), ("drain_timeout", 0),
              ("poll_interval", 1), ("reload_interval", 0), ("kubelet_sync_delay", 0), ("usage_timeout", 1),
-             ("health_timeout", 1), ("lock_duration", 30), ("lock_wait", 0), ("reloader_grace", 0))
+             ("health_timeout", 1), ("lock_duration", 30), ("lock_wait", 0))
 
 
 def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
@@ -168,7 +169,10 @@ def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
     errors: list[str] = []
     given = inputs.get(V + "workloads")
     if given in (None, "", []):
-        given = [{"kind": "Deployment", "name": name} for name in inputs.get(V + "deployments") or []]
+        names = inputs.get(V + "deployments") or []
+        if isinstance(names, str):  # the argument spec takes "a, b" for a list, as Ansible does
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        given = [{"kind": "Deployment", "name": name} for name in names]
         source = V + "deployments"
     else:
         source = V + "workloads"
@@ -207,8 +211,11 @@ def check_inputs(inputs: dict) -> list[str]:
     if not (len(secret) <= 253 and _DNS_SUBDOMAIN.match(secret)):
         errors.append(f'{V}secret_name "{secret}" is not a valid Kubernetes Secret name (lower-case letters, '
                       "digits, '-' and '.'); set it to the name of the Secret the service reads.")
+    names_valid = not errors
     state_secret = state_secret_of(inputs)
-    if state_secret == secret:
+    if not names_valid:
+        pass  # the companion's name and the name prefix derive from these by default
+    elif state_secret == secret:
         errors.append(f"{V}state_secret_name must differ from {V}secret_name: the pending and previous "
                       "tokens must live where the service's pods cannot see them.")
     elif not (len(state_secret) <= 253 and _DNS_SUBDOMAIN.match(state_secret)):
@@ -250,7 +257,7 @@ def check_inputs(inputs: dict) -> list[str]:
         errors.append(f"{V}deployments (or {V}workloads) is empty; strategy restart needs the workloads "
                       "that read the Secret.")
     prefix = str(inputs.get(V + "name_prefix") or "")
-    if not _PREFIX.match(prefix):
+    if names_valid and not _PREFIX.match(prefix):
         errors.append(f'{V}name_prefix "{prefix}" may only contain letters, digits, ".", "_" and "-" and be '
                       "at most 100 characters long.")
     statuses = inputs.get(V + "health_status", [200])
@@ -290,6 +297,7 @@ def config_of(inputs: dict) -> dict:
         "force": _bool(get(V + "force", False)),
         "abort": _bool(get(V + "abort", False)),
         "sweep_orphans": _bool(get(V + "sweep_orphans", False)),
+        "create_attempts": int(get(V + "create_attempts", 3)),
         "verify_timeout": int(get(V + "verify_timeout", 60)),
         "rollout_timeout": int(get(V + "rollout_timeout", 600)),
         "drain_timeout": int(get(V + "drain_timeout", 300)),
@@ -304,7 +312,6 @@ def config_of(inputs: dict) -> dict:
         "audit_log": str(get(V + "audit_log") or ""),
         "lock_duration": int(get(V + "lock_duration", 60)),
         "lock_wait": int(get(V + "lock_wait", 90)),
-        "reloader_grace": int(get(V + "reloader_grace", 15)),
         "webhook": bool(get(V + "failure_webhook_url")),
     }
 
@@ -538,16 +545,7 @@ def _workload_summary(obj: dict) -> dict:
     return {
         "selector": ((spec.get("selector") or {}).get("matchLabels") or {}),
         "marker": ((template.get("metadata") or {}).get("annotations") or {}).get(ROTATED_AT, ""),
-        "reloader": _reloader_watches(obj),
     }
-
-
-def _reloader_watches(obj: dict) -> list[str]:
-    ann = (obj.get("metadata") or {}).get("annotations") or {}
-    if str(ann.get("reloader.stakater.com/auto", "")).lower() == "true":
-        return ["*"]
-    names = ann.get("secret.reloader.stakater.com/reload") or ""
-    return [n.strip() for n in names.split(",") if n.strip()]
 
 
 def _workload_problem(svc: dict, workloads: list[dict]) -> str:
@@ -588,16 +586,23 @@ def lookup_token_hosts(run: dict) -> list[str]:
     return [svc["host"] for svc in due(run, "lookup") if not svc["current_id"]]
 
 
-def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float) -> dict:
+def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float, error: str = "",
+           token_error: str = "") -> dict:
     """Which step each service is due for, from what its Secret records and what the platform said.
 
     ``users``: system_users of the lookup by id; ``by_token``: {host: system_user or {}} for the
-    services looked up by token.
+    services looked up by token; ``error``/``token_error``: why a lookup failed as a whole (the
+    platform could not be asked: nothing is decided for its services, they fail).
     """
     run = _copy(run)
     known = {u.get("id"): u for u in users or []}
     for svc in due(run, "lookup"):
         cfg = svc["cfg"]
+        failed = error if svc["current_id"] else token_error
+        if failed:
+            _fail(svc, f"Could not look up the credential of {secret_ref(svc)} on the platform ({failed.rstrip('.')}); "
+                       "nothing was changed.", "done")
+            continue
         user = known.get(svc["current_id"]) if svc["current_id"] else (by_token or {}).get(svc["host"]) or {}
         user = user or {}
         if user.get("id"):
@@ -639,8 +644,8 @@ def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float) 
             svc["step"] = "preview"
         elif svc.get("lock_holder"):
             _finish(svc, "skipped", f"another run holds the rotation lock ({svc['lock_holder']} until "
-                                    f"{svc['ann'].get(LOCK_EXPIRES, '?')}) and kept it alive while this run waited "
-                                    f"{cfg['lock_wait']} s; re-run once it has finished")
+                                    f"{svc['ann'].get(LOCK_EXPIRES, '?')}); this run waited {cfg['lock_wait']} s "
+                                    "for it to be released or to lapse, re-run once that run has finished")
             svc["step"] = "done"
         else:
             svc["step"] = "lock"
@@ -728,9 +733,9 @@ def _write(svc: dict, step: str, tok: dict, run_id: str, now: float) -> list[dic
         return [secret_patch(svc, {
             PHASE: ROLLING_BACK, ROLLBACK_REASON: (svc["error"] or "rollback")[:240],
             FAILED_ID: ann.get(CURRENT_ID, ""), FAILED_MARKER: ann.get(MARKER, ""),
-            CURRENT_ID: previous_id, CURRENT_FP: ann.get(PREVIOUS_FP, ""), PROMOTED_AT: stamp(now),
+            CURRENT_ID: previous_id, CURRENT_FP: ann.get(PREVIOUS_FP, ""), ROLLED_BACK_AT: stamp(now),
             MARKER: "rollback-" + ann.get(MARKER, ""),
-        }, {cfg["token_key"]: tok.get("previous", ""), cfg["id_key"]: b64(previous_id)}, run_id, now)]
+        }, {cfg["token_key"]: previous_token(svc, tok), cfg["id_key"]: b64(previous_id)}, run_id, now)]
     if step == "clear":
         cleared: dict[str, Any] = dict.fromkeys(STATE_ANNOTATIONS)
         mode = svc["clear"]
@@ -747,6 +752,12 @@ def _write(svc: dict, step: str, tok: dict, run_id: str, now: float) -> list[dic
     if step == "renew":
         return [secret_patch(svc, {}, None, run_id, now)]
     raise RotationError(f"step {step!r} writes nothing")
+
+
+def previous_token(svc: dict, tok: dict) -> str:
+    """The old token (base64) a rollback restores: the Secret's own when this run promoted, else the
+    companion's copy."""
+    return (tok.get("current") if svc.get("promoted_here") else tok.get("previous")) or ""
 
 
 def _answers(answer: dict, count: int) -> list[dict]:
@@ -787,11 +798,13 @@ def fold_write(run: dict, step: str, calls: list[dict], results: list[dict], now
             is_main = definition["metadata"]["name"] == services[host]["secret"]
             if metadata and is_main:
                 services[host]["rv"] = metadata.get("resourceVersion", "")
+            if metadata and is_main and step != "clear":  # the outcome still needs what the state said
                 services[host]["ann"] = {k: v for k, v in (metadata.get("annotations") or {}).items()
                                          if k.startswith(A)}
-            if not metadata and host not in outcome:
+            if not metadata and outcome.get(host, (True,))[0]:
                 reason, text = _k8s_error(entry or {})
-                outcome[host] = (False, reason, text if is_main else f"companion Secret: {text}")
+                where = "" if is_main else f"Secret {definition['metadata']['namespace']}/{definition['metadata']['name']}: "
+                outcome[host] = (False, reason, where + text)
             outcome.setdefault(host, (True, "", ""))
     for svc in due(run, step):
         ok, reason, text = outcome.get(svc["host"], (False, "", "the write gave no answer"))
@@ -834,6 +847,7 @@ def _after_write(svc: dict, step: str, ok: bool, reason: str, text: str, now: fl
             svc["stored"] = True
         if step == "promote":
             svc["phase"] = PROMOTED
+            svc["promoted_here"] = True
             svc["old_id"] = svc["current_id"]
             svc["current_id"] = svc["new_id"]
         if step == "rb_restore":
@@ -864,8 +878,14 @@ def _after_write(svc: dict, step: str, ok: bool, reason: str, text: str, now: fl
         if svc["status"] != "failed":
             _conclude(svc)
         svc["status"] = "failed"
-        svc["message"] = (svc["message"] + "; " if svc["message"] else "") + \
-            f"but the rotation state could not be cleared from {secret_ref(svc)} ({text}); a re-run clears it"
+        if text.startswith("Secret ") and svc["rv"]:
+            # Only the companion: the rotation is over, but a copy of the tokens is left in it.
+            svc["message"] = (svc["message"] + "; " if svc["message"] else "") + \
+                f"but the companion could not be emptied ({text}); delete its keys by hand, or the next rotation " \
+                "overwrites them"
+        else:
+            svc["message"] = (svc["message"] + "; " if svc["message"] else "") + \
+                f"but the rotation state could not be cleared from {secret_ref(svc)} ({text}); a re-run clears it"
         svc["step"] = "done"
 
 
@@ -875,6 +895,11 @@ def _resume_step(svc: dict) -> str:
 
 
 # -- the platform steps -----------------------------------------------------------------------------
+
+def create_retries(run: dict) -> int:
+    """The platform client's retries for the create: credential_rotation_create_attempts, less one."""
+    return max([svc["cfg"]["create_attempts"] for svc in due(run, "create")] or [1]) - 1
+
 
 def create_requests(run: dict) -> list[dict]:
     return [{"name": svc["new_name"], "description": svc["cfg"]["description"],
@@ -898,7 +923,14 @@ def fold_create(run: dict, answer: dict) -> tuple[dict, dict]:
         if item and not item.get("failed") and not token:
             why = "the API answered without a token: an active user of that name already existed"
         svc["create_error"] = why
-        _fail(svc, f"Could not create a new system user {svc['new_name']} ({why}); no new credential was left "
+        if not item:
+            # Nobody can say whether the platform created it: keep the recorded name, so that the next
+            # run finds what it may have created and deactivates it before creating again.
+            _fail(svc, f"Could not create the new system user {svc['new_name']} ({why.rstrip('.')}); it may exist "
+                       "on the platform with its token lost.", "clear")
+            svc["clear"] = "release"
+            continue
+        _fail(svc, f"Could not create a new system user ({why.rstrip('.')}); no new credential was left "
                    "active and the current one is untouched.", "deactivate" if user.get("id") else "clear")
         svc["to_deactivate"] = [user["id"]] if user.get("id") and not token else []
         svc["clear"] = "aborted"
@@ -953,7 +985,7 @@ def orphan_pattern(svc: dict) -> re.Pattern:
 def orphans(svc: dict, active_users: list[dict]) -> list[str]:
     """Active users with this service's name pattern and description that its Secret does not
     reference: created by a run that died before it could store the token (or a lost create)."""
-    keep = {svc["current_id"], svc.get("new_id") or ""}
+    keep = {svc["current_id"], svc.get("new_id") or "", svc.get("old_id") or "", svc["ann"].get(PREVIOUS_ID, "")}
     pattern = orphan_pattern(svc)
     return [u["id"] for u in active_users
             if u.get("active", True) and u.get("id") not in keep and pattern.match(u.get("name") or "")
@@ -974,6 +1006,7 @@ def fold_list(run: dict, step: str, answer: dict) -> dict:
                 svc["clear"] = "release"
             else:
                 svc["notes"].append(f"the orphan sweep was skipped ({text})")
+                svc["to_deactivate"] = _old_credential(svc)
                 svc["step"] = "deactivate"
             continue
         if step == "discard_list":
@@ -984,16 +1017,23 @@ def fold_list(run: dict, step: str, answer: dict) -> dict:
         else:
             found = orphans(svc, listed)
             svc["swept"] = found
-            svc["to_deactivate"] = [i for i in [svc.get("old_id", "")] if svc["action"] != "sweep" and i
-                                    and i != svc["current_id"]] + found
+            svc["to_deactivate"] = _old_credential(svc) + [i for i in found if i not in _old_credential(svc)]
             svc["step"] = "deactivate"
     return run
+
+
+def _old_credential(svc: dict) -> list[str]:
+    """The credential a finished rotation retires (none for a sweep on its own)."""
+    old = svc.get("old_id") or ""
+    return [old] if svc["action"] != "sweep" and old and old != svc["current_id"] else []
 
 
 def deactivate_ids(run: dict, step: str) -> list[str]:
     ids: list[str] = []
     for svc in due(run, step):
-        ids += [i for i in svc["to_deactivate"] if i and i not in ids]
+        for i in svc["to_deactivate"]:
+            if i and i not in ids:
+                ids.append(i)
     return ids
 
 
@@ -1026,8 +1066,7 @@ def fold_deactivate(run: dict, step: str, answer: dict) -> dict:
         if failed:
             old = svc.get("old_id")
             if svc["status"] == "failed":
-                svc["message"] += f"; the cleanup could not deactivate {', '.join(failed)} ({text})"
-                svc["clear"] = "release" if svc["clear"] != "aborted" else svc["clear"]
+                svc["undeactivated"] = f"{', '.join(failed)} could not be deactivated ({text}); deactivate it by hand"
             elif old in failed:
                 _fail(svc, f"Could not deactivate the old credential {old} ({text}); the new credential is in place "
                            "and a re-run finishes the rotation.", "clear")
@@ -1048,8 +1087,7 @@ def restart_calls(run: dict, step: str) -> list[dict]:
     """kubernetes.core.k8s patches of the pod templates: [{"cluster", "hosts", "definitions"}].
 
     The marker is the one the Secret records, so a resumed run patches the same value (no second
-    restart), and pods created from the new template are known to hold the new token. A workload
-    that a Reloader-style controller restarts on its own when the Secret changes is left to it.
+    restart), and pods created from the new template are known to hold the new token.
     """
     out = []
     for cluster, services in clusters_of(due(run, step)):
@@ -1068,11 +1106,6 @@ def restart_calls(run: dict, step: str) -> list[dict]:
         if definitions:
             out.append({"cluster": cluster, "hosts": hosts, "definitions": definitions})
     return out
-
-
-def reloader_restarts(svc: dict, summary: dict) -> bool:
-    watches = summary.get("reloader") or []
-    return "*" in watches or svc["secret"] in watches
 
 
 def fold_restart(run: dict, step: str, calls: list[dict], results: list[dict]) -> dict:
@@ -1179,14 +1212,15 @@ def _selects(selector: dict, pod: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, rollback: bool = False) -> list[str]:
+def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, rollback: bool = False,
+               until: float | None = None) -> list[str]:
     """The pods that may still hold the token the rotation is retiring.
 
     Forward (``rollback`` false): a pod of a restarted workload not created from the template that
     carries ``marker``, any Terminating pod that reads the Secret (it keeps calling the API until it is
     gone), and any other pod that reads the Secret and was created before the promotion (``since``).
     Rollback: the pods created from the failed rotation's template (``marker``), and other readers
-    created after the promotion, which hold the new token.
+    created between the promotion (``since``) and the restore (``until``), which hold the new token.
     """
     out = []
     selectors = [s.get("selector") or {} for s in (svc.get("workload_objects") or {}).values()]
@@ -1200,8 +1234,8 @@ def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, ro
         pod_marker = (meta.get("annotations") or {}).get(ROTATED_AT, "")
         created = parse_k8s_time(meta.get("creationTimestamp"))
         if rollback:
-            holds = (pod_marker == marker) if owned else (since is not None and created is not None
-                                                          and created >= since)
+            holds = (pod_marker == marker) if owned else (
+                since is not None and created is not None and created >= since and (until is None or created < until))
         elif owned:
             holds = bool(meta.get("deletionTimestamp")) or pod_marker != marker
         else:
@@ -1226,6 +1260,7 @@ def wait_requests(run: dict, step: str) -> list[dict]:
             "host": svc["host"], "cluster": svc["cluster"], "namespace": svc["namespace"],
             "strategy": cfg["strategy"], "workloads": [w for w in cfg["workloads"] if not w.get("gone")],
             "marker": marker, "rollback": rollback, "promoted_at": svc["ann"].get(PROMOTED_AT, ""),
+            "rolled_back_at": svc["ann"].get(ROLLED_BACK_AT, "") if rollback else "",
             "rollout_timeout": cfg["rollout_timeout"], "drain_timeout": cfg["drain_timeout"],
             "reload_window": cfg["reload_window"], "poll_interval": cfg["poll_interval"],
         })
@@ -1237,7 +1272,7 @@ def judge_workloads(svc_request: dict, svc: dict, objects: list[dict], pods: lis
     """One poll of a workloads wait: {"state": waiting|done|failed, "phase": rollout|drain|reload, "why"}."""
     elapsed = now - started
     if svc_request["strategy"] == "reload":
-        promoted = parse_stamp(svc_request["promoted_at"]) or started
+        promoted = parse_stamp(svc_request.get("rolled_back_at") or svc_request["promoted_at"]) or started
         left = promoted + svc_request["reload_window"] - now
         if left > 0:
             return {"state": "waiting", "phase": "reload", "why": f"{int(left)} s left of the reload window"}
@@ -1257,11 +1292,13 @@ def judge_workloads(svc_request: dict, svc: dict, objects: list[dict], pods: lis
                            f"{svc_request['rollout_timeout']} s"}
         return {"state": "waiting", "phase": "rollout", "why": ", ".join(unfinished)}
     since = parse_stamp(svc_request["promoted_at"])
-    stale = stale_pods(svc, pods, svc_request["marker"], since, svc_request["rollback"])
+    until = parse_stamp(svc_request.get("rolled_back_at")) if svc_request["rollback"] else None
+    stale = stale_pods(svc, pods, svc_request["marker"], since, svc_request["rollback"], until)
     if stale:
         if elapsed >= svc_request["rollout_timeout"] + svc_request["drain_timeout"]:
             return {"state": "failed", "phase": "drain", "why": ", ".join(stale)}
-        return {"state": "waiting", "phase": "drain", "why": "pods holding the old token: " + ", ".join(stale)}
+        which = "new" if svc_request["rollback"] else "old"
+        return {"state": "waiting", "phase": "drain", "why": f"pods holding the {which} token: " + ", ".join(stale)}
     return {"state": "done", "phase": "drain", "why": "every pod that reads the Secret holds the new token"}
 
 
@@ -1364,7 +1401,7 @@ def route_rollbacks(run: dict) -> dict:
     the new one in place (restoring it would break the service) and ends failed."""
     run = _copy(run)
     for svc in due(run, "rb_restore"):
-        if svc.get("previous_active", True) is False and svc["action"] != "abort":
+        if svc.get("previous_active", True) is False:
             svc["message"] = (svc["message"].rstrip(".") + "; not rolled back, because the previous credential "
                               f"{svc['ann'].get(PREVIOUS_ID, '')} is no longer active (an earlier run had deactivated "
                               f"it); the new credential {svc['ann'].get(CURRENT_ID, '')} stays in the Secret and a "
@@ -1402,7 +1439,10 @@ def _conclude(svc: dict) -> None:
             summary += ", the workloads were restarted"
         for note in svc["rollback_notes"]:
             summary += f" but {note}" if "rollout" in note else f"; {note}"
-        summary += f", and the new credential {svc['ann'].get(FAILED_ID, '')} was deactivated"
+        if svc.get("undeactivated"):
+            summary += f", but the new credential {svc['undeactivated']}"
+        else:
+            summary += f", and the new credential {svc['ann'].get(FAILED_ID, '')} was deactivated"
         if svc["action"] == "abort":
             _finish(svc, "aborted", summary)
         elif svc["error"]:
@@ -1416,6 +1456,9 @@ def _conclude(svc: dict) -> None:
             what = svc["new_id"] or svc["new_name"] or "?"
             _finish(svc, "aborted", f"the interrupted rotation was discarded, the new credential {what} is inactive "
                                     "and the current one untouched")
+        elif svc.get("undeactivated"):
+            _finish(svc, "failed", f"{svc['error']}; the current credential is untouched, but the new credential "
+                                   f"{svc['undeactivated']}")
         else:
             _finish(svc, "failed", f"{svc['error']}; nothing was changed: the new credential was deactivated and "
                                    "the current one is untouched" if svc.get("new_id") else svc["message"])
@@ -1440,7 +1483,7 @@ def conclude_all(run: dict) -> dict:
         if svc["notes"] and svc["status"] in ("rotated", "not due", "aborted", "skipped", "failed"):
             extra = "; ".join(n for n in svc["notes"] if n not in svc["message"])
             if extra:
-                svc["message"] = f"{svc['message']} ({extra})" if svc["message"] else extra
+                svc["message"] = f"{svc['message']}; {extra}" if svc["message"] else extra
         svc["step"] = "done"
     return run
 

@@ -20,18 +20,19 @@ pytestmark = pytest.mark.slow
 # The banner of the task during which the run dies, in the order the steps run. Every write of the
 # Secret and every change on the platform or the cluster has a boundary before and after it here.
 BOUNDARIES = [
-    "Create the new system user",                     # name recorded (phase creating), user maybe created
-    "Store the new token in the Secret as pending",   # user created, its token only in the dead process
-    "Verify the pending token against the API",       # phase pending
-    "Promote the pending credential in the Secret",   # verified, not promoted
-    "Restart the workloads",                          # phase promoted, nothing restarted yet
-    "Wait for the rollouts to complete (kubectl rollout status rules)",  # restart under way
-    "Deactivate the old credential",                  # rollout done, old pods gone
-    "Clear the rotation state from the Secret",       # old credential already deactivated
-    "Release the rotation lock",                      # all done but the unlock
+    "Write the Secrets: take the rotation locks and record the new credentials' names",  # nothing written
+    "Create the new system users",                              # lock and name recorded (phase creating)
+    "Write the Secrets: store the new tokens as pending",       # user created, its token only in the dead run
+    "Verify the pending tokens against the API",                # pending token in the companion Secret
+    "Write the Secrets: promote the pending credentials",       # verified, not promoted
+    "Restart the workloads: restart the workloads",             # phase promoted, nothing restarted yet
+    "Wait: wait for the rollouts and until no pod holds the old token",  # restart under way
+    "Deactivate the credentials: old and unused credentials",   # rollout done, old pods gone
+    "Write the Secrets: clear the rotation state and release the locks",  # old credential deactivated
+    "Conclude the run",                                         # all done
 ]
-# A dead run's lock must expire before the next run may take over; keep it short here.
-SHORT_LOCK = {"credential_rotation_lock_duration": 5}
+# The crash tests use the default lock settings: the run right after a crash waits for the dead
+# run's lock to lapse (a minute at most), then resumes.
 
 
 def resumed_cleanly(service: Service, result: Any, wanted: str, allow_expired_lock: bool = False) -> list[str]:
@@ -59,18 +60,16 @@ def resumed_cleanly(service: Service, result: Any, wanted: str, allow_expired_lo
 def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
     directory.mkdir()
     service = Service(sandbox, directory)
-    service.rotate_until(boundary, SHORT_LOCK)
-    service.wait_for_lock_expiry()
-    # After "Release the rotation lock" the dead run had finished; all it left is its lock, expired,
-    # which the next rotation overwrites. Nothing is due, and the run says so.
-    done = boundary == "Release the rotation lock"
-    problems = resumed_cleanly(service, service.rotate(), "not due (" if done else "rotated (", allow_expired_lock=done)
+    service.rotate_until(boundary)
+    # Run again at once, as an operator (or the next scheduled job) would.
+    done = boundary == "Conclude the run"
+    problems = resumed_cleanly(service, service.rotate(), "not due (" if done else "rotated (")
     return f"{boundary}: " + "; ".join(problems) if problems else None
 
 
 def test_a_crash_at_any_step_boundary_is_resumed_by_the_next_run(sandbox: Any, tmp_path: Path) -> None:
-    # Three at a time: each scenario is mostly waiting for pods, two runs of ansible-playbook each.
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    # Five at a time: each scenario is mostly waiting (for pods, and for the dead run's lock to lapse).
+    with ThreadPoolExecutor(max_workers=5) as pool:
         futures = [pool.submit(_crash_then_resume, sandbox, tmp_path / f"crash{i}", boundary)
                    for i, boundary in enumerate(BOUNDARIES)]
         failures = [message for future in futures if (message := future.result())]
@@ -79,10 +78,10 @@ def test_a_crash_at_any_step_boundary_is_resumed_by_the_next_run(sandbox: Any, t
 
 def test_abort_discards_a_pending_credential(sandbox: Any, tmp_path: Path) -> None:
     service = Service(sandbox, tmp_path)
-    service.rotate_until("Promote the pending credential in the Secret", SHORT_LOCK)
-    pending_id = service.annotations()["xapi.io/pending-id"]
-    assert "pending-token" in service.data()
-    service.wait_for_lock_expiry()
+    service.rotate_until("Write the Secrets: promote the pending credentials")
+    pending_id = service.companion()["metadata"]["annotations"]["xapi.io/pending-id"]
+    assert "pending-token" in (service.companion().get("data") or {})
+    assert "pending-token" not in service.data()  # the Secret the pods read did not change
 
     result = service.rotate({"credential_rotation_abort": True})
 
@@ -93,15 +92,15 @@ def test_abort_discards_a_pending_credential(sandbox: Any, tmp_path: Path) -> No
     data = service.data()
     assert data["token"] == service.original_token and "pending-token" not in data
     assert not any(k in STATE_ANNOTATIONS for k in service.annotations())
+    assert not (service.companion().get("data") or {}), "the companion Secret still holds tokens"
     service.assert_no_failed_requests(service.original_id)
 
 
 def test_abort_after_promotion_rolls_back(sandbox: Any, tmp_path: Path) -> None:
     service = Service(sandbox, tmp_path)
-    service.rotate_until("Wait for the rollouts to complete (kubectl rollout status rules)", SHORT_LOCK)
+    service.rotate_until("Wait: wait for the rollouts and until no pod holds the old token")
     new_id = service.data()["id"]
     assert new_id != service.original_id
-    service.wait_for_lock_expiry()
 
     result = service.rotate({"credential_rotation_abort": True})
 
@@ -118,10 +117,9 @@ def test_abort_after_promotion_rolls_back(sandbox: Any, tmp_path: Path) -> None:
 def test_no_rollback_to_a_credential_an_earlier_run_deactivated(sandbox: Any, tmp_path: Path) -> None:
     # The dead run had deactivated the old credential; the next run's health check then fails.
     service = Service(sandbox, tmp_path)
-    service.rotate_until("Clear the rotation state from the Secret", SHORT_LOCK)
+    service.rotate_until("Write the Secrets: clear the rotation state and release the locks")
     new_id = service.data()["id"]
     assert [u["id"] for u in service.active_users()] == [new_id]
-    service.wait_for_lock_expiry()
 
     result = service.rotate({"credential_rotation_health_url": "http://127.0.0.1:9/health",
                              "credential_rotation_health_timeout": 2})
@@ -136,7 +134,6 @@ def test_no_rollback_to_a_credential_an_earlier_run_deactivated(sandbox: Any, tm
     service.assert_no_failed_requests(new_id)
 
     # Once the service is healthy again (no health URL here), the next run finishes the rotation.
-    service.wait_for_lock_expiry()
     finished = service.rotate()
     assert finished.returncode == 0, finished.stdout[-3000:]
     service.assert_rotated_cleanly(service.original_id)

@@ -364,7 +364,6 @@ BAD_INPUTS = [
     ("deployment-name-invalid", {"deployments": ["api", "Web!"]}, "deployments", "correct the name"),
     ("workloads-not-a-list", {"workloads": {"kind": "Deployment", "name": "api"}}, "workloads", "must be a list"),
     ("workload-entry-not-a-dict", {"workloads": [42]}, "workloads", "{kind: Deployment, name: NAME}"),
-    ("deployments-a-string", {"deployments": "api"}, "deployments", "must be a list"),
     ("name-prefix-invalid", {"name_prefix": "shop api!"}, "name_prefix", "may only contain"),
     ("name-prefix-too-long", {"name_prefix": "p" * 101}, "name_prefix", "at most 100 characters"),
     ("health-status-empty", {"health_status": []}, "health_status", "such as [200]"),
@@ -906,8 +905,19 @@ def test_clear_nulls_the_state_records_the_rotation_and_empties_the_companion():
     assert not [k for k in cluster.secret()["metadata"]["annotations"] if k in R.STATE_ANNOTATIONS]
 
 
-@pytest.mark.parametrize(("name", "fault"), [("api", CONFLICT), ("api", FORBIDDEN), ("api-rotation", FORBIDDEN)],
-                         ids=["secret-conflict", "secret-forbidden", "companion-forbidden"])
+def test_a_companion_that_cannot_be_emptied_fails_and_says_what_to_do():
+    run, tokens, cluster = at_clear()
+    cluster.faults["api-rotation"] = FORBIDDEN
+    svc = svc_of(write(run, "clear", tokens, cluster))
+    assert (svc["step"], svc["status"]) == ("done", "failed")
+    assert svc["message"].startswith(f"{OLD_ID} -> {NEW_ID}, new credential expires in 90 days; but the companion "
+                                     "could not be emptied (Secret shop/api-rotation: ")
+    assert svc["message"].endswith("delete its keys by hand, or the next rotation overwrites them")
+    assert not [k for k in cluster.secret()["metadata"]["annotations"] if k in R.STATE_ANNOTATIONS]
+
+
+@pytest.mark.parametrize(("name", "fault"), [("api", CONFLICT), ("api", FORBIDDEN)],
+                         ids=["secret-conflict", "secret-forbidden"])
 def test_clear_refused_fails_and_a_rerun_clears_it(name, fault):
     run, tokens, cluster = at_clear()
     cluster.faults[name] = fault
@@ -1059,7 +1069,7 @@ def test_a_failed_verification_whose_cleanup_fails_does_not_claim_the_new_creden
     svc = svc_of(write(run, "clear", tokens, cluster))
     assert svc["status"] == "failed"
     assert "the new credential was deactivated" not in svc["message"], svc["message"]
-    assert f"could not deactivate {NEW_ID} (HTTP 503)" in svc["message"]
+    assert f"the new credential {NEW_ID} could not be deactivated (HTTP 503); deactivate it by hand" in svc["message"]
 
 
 # -- listing and deactivating --------------------------------------------------------------------------
@@ -1907,3 +1917,10 @@ def test_resuming_a_promoted_rotation_finishes_it_without_a_second_restart():
     assert (svc["status"], svc["message"]) == ("rotated", (f"{OLD_ID} -> {NEW_ID}, new credential expires in 90 days, "
                                                           "resumed an interrupted rotation"))
     assert_no_token(run)
+
+
+@pytest.mark.parametrize(("given", "names"), [("api", ["api"]), ("api, worker", ["api", "worker"])])
+def test_deployments_given_as_a_string_are_read_as_ansible_reads_a_list(given, names):
+    # The role's argument spec accepts "a, b" for a list, as every Ansible list option does.
+    assert R.check_inputs(inputs(deployments=given)) == []
+    assert [w["name"] for w in R.workloads_of(inputs(deployments=given))[0]] == names
