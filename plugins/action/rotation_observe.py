@@ -61,7 +61,7 @@ class ActionModule(ActionBase):
         elif step == "health":
             result["verdicts"] = self._wait_health(run)
         elif step == "preview":
-            _, diffs = rules.preview(run, time.time())
+            diffs = rules.preview(run, time.time())[1]
             result["changed"] = bool(rules.due(run, "preview"))
             if self._task.diff and diffs:
                 result["diff"] = diffs
@@ -82,7 +82,7 @@ class ActionModule(ActionBase):
                 kwargs[key] = cluster[key]
         try:
             found = self._lookup.run([], variables=self._vars, **kwargs)
-        except Exception as error:  # noqa: BLE001 - any client error is a sentence for the service
+        except Exception as error:
             return None, _message(error)
         if name:
             return (found[0] if found else None), ""
@@ -150,7 +150,7 @@ class ActionModule(ActionBase):
             answer = self._execute_module(module_name="kubernetes.core.k8s", module_args=args,
                                           task_vars=self._vars)
             entries = rules._answers(answer, len(group))
-            for svc, entry in zip(group, entries):
+            for svc, entry in zip(group, entries, strict=False):
                 metadata = ((entry or {}).get("result") or {}).get("metadata")
                 if metadata:
                     svc["rv"] = metadata.get("resourceVersion", svc["rv"])

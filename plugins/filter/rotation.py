@@ -90,7 +90,7 @@ def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) 
     if step == "lookup":
         by_token = {}
         hosts = rules.lookup_token_hosts(run)
-        for host, item in zip(hosts, (extra or {}).get("results") or []):
+        for host, item in zip(hosts, (extra or {}).get("results") or [], strict=False):
             by_token[host] = item.get("system_user") or {}
         answer, extra = answer or {}, extra or {}
         error = answer.get("msg", "") if answer.get("failed") and not answer.get("system_users") else ""
@@ -133,10 +133,10 @@ def _rotation_tokens(tokens: dict, step: str, answer: Any = None, run: dict | No
     """The tokens fact after a step that reads or creates tokens (only for no_log tasks)."""
     tokens = dict(tokens or {})
     if step == "read":
-        _, found = rules.inspect(run or {}, (answer or {}).get("reads") or {}, time.time())
+        found = rules.inspect(run or {}, (answer or {}).get("reads") or {}, time.time())[1]
         tokens.update(found)
     elif step == "create":
-        _, created = rules.fold_create(run or {}, answer or {})
+        created = rules.fold_create(run or {}, answer or {})[1]
         for host, token in created.items():
             tokens.setdefault(host, {})["pending"] = token
     else:
@@ -171,4 +171,4 @@ class FilterModule:
 
     def filters(self) -> dict:
         return {f.__name__: f for f in (_rotation_start, _rotation_requests, _rotation_due, _rotation_fold,
-                                         _rotation_tokens, _rotation_report)}
+                                        _rotation_tokens, _rotation_report)}

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: (c) 2026, xapi.system_auth contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The credential rotation's rules, as pure functions (no I/O, no clock: ``now`` is an argument).
@@ -26,294 +25,199 @@ promotion; once more only for a rollback); the rotation's non-secret state is ke
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import re
-from datetime import datetime, timezone
 from typing import Any
 
-# -- names ------------------------------------------------------------------------------------
+from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_base import (
+    CREATING,
+    CURRENT_FP,
+    CURRENT_ID,
+    FAILED_ID,
+    FAILED_MARKER,
+    KINDS,
+    LAST_ROLLBACK_AT,
+    LAST_ROTATED_AT,
+    LAST_ROTATION,
+    LOCK_ANNOTATIONS,
+    LOCK_EXPIRES,
+    LOCK_HOLDER,
+    MARKER,
+    NONE,
+    PENDING,
+    PENDING_FP,
+    PENDING_ID,
+    PENDING_NAME,
+    PENDING_TOKEN,
+    PHASE,
+    PHASES,
+    PREVIOUS_FP,
+    PREVIOUS_ID,
+    PREVIOUS_TOKEN,
+    PROMOTED,
+    PROMOTED_AT,
+    ROLLBACK_REASON,
+    ROLLED_BACK_AT,
+    ROLLING_BACK,
+    ROTATED_AT,
+    ROTATION_FOR,
+    STARTED_AT,
+    STATE_ANNOTATIONS,
+    STEPS,
+    TIME_FORMAT,
+    USED_BEFORE,
+    A,
+    RotationError,
+    V,
+    _copy,
+    _fail,
+    _finish,
+    b64,
+    clusters_of,
+    compact,
+    due,
+    fingerprint,
+    new_name,
+    parse_stamp,
+    secret_ref,
+    stamp,
+    unb64,
+    workload_ref,
+)
+from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import (
+    check_inputs,
+    config_of,
+    connection_of,
+    state_secret_of,
+    workloads_of,
+)
+from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_report import (
+    audit_records,
+    expiry_lines,
+    notify_hosts,
+    outcomes,
+    preview,
+    stats,
+    summary_lines,
+)
+from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloads import (
+    _workload_problem,
+    _workload_summary,
+    judge_workloads,
+    parse_k8s_time,
+    pod_reads_secret,
+    rollout_state,
+    stale_pods,
+)
 
-A = "xapi.io/"
-PHASE = A + "rotation-phase"
-STARTED_AT = A + "rotation-started-at"
-PENDING_NAME = A + "pending-name"
-PENDING_ID = A + "pending-id"
-PENDING_FP = A + "pending-fingerprint"
-PREVIOUS_ID = A + "previous-id"
-PREVIOUS_FP = A + "previous-fingerprint"
-CURRENT_ID = A + "current-id"
-CURRENT_FP = A + "current-fingerprint"
-PROMOTED_AT = A + "promoted-at"
-MARKER = A + "restart-marker"
-USED_BEFORE = A + "used-before"
-FAILED_ID = A + "failed-id"
-FAILED_MARKER = A + "failed-marker"
-ROLLBACK_REASON = A + "rollback-reason"
-LOCK_HOLDER = A + "rotation-lock-holder"
-LOCK_EXPIRES = A + "rotation-lock-expires-at"
-LAST_ROTATED_AT = A + "last-rotated-at"
-LAST_ROTATION = A + "last-rotation"
-LAST_ROLLBACK_AT = A + "last-rollback-at"
-ROLLED_BACK_AT = A + "rolled-back-at"
-ROTATION_FOR = A + "rotation-for"
-# The pod-template annotation a restart sets; pods created from that template carry it.
-ROTATED_AT = A + "rotated-at"
-
-# The annotations that describe a rotation in progress: cleared (null) when it ends.
-STATE_ANNOTATIONS = (PHASE, STARTED_AT, PENDING_NAME, PENDING_ID, PENDING_FP, PREVIOUS_ID, PREVIOUS_FP,
-                     CURRENT_ID, CURRENT_FP, PROMOTED_AT, MARKER, USED_BEFORE, FAILED_ID, FAILED_MARKER,
-                     ROLLBACK_REASON, ROLLED_BACK_AT)
-LOCK_ANNOTATIONS = (LOCK_HOLDER, LOCK_EXPIRES)
-
-# Keys of the companion Secret.
-PENDING_TOKEN = "pending-token"
-PREVIOUS_TOKEN = "previous-token"
-
-# Phases as the Secret's annotation records them; "pending" is derived: phase creating, and the
-# companion Secret holds the token of the recorded name.
-NONE, CREATING, PENDING, PROMOTED, ROLLING_BACK = "", "creating", "pending", "promoted", "rolling-back"
-PHASES = (NONE, CREATING, PENDING, PROMOTED, ROLLING_BACK)
-
-# The steps, in the order the role runs them. A fold only ever moves a service to a later step,
-# so one pass through this table serves a fresh rotation, a resumed one, an abort and a rollback.
-STEPS = ("read", "lookup", "preview", "lock", "discard_list", "discard", "create", "store", "verify",
-         "promote", "restart", "wait", "usage", "health", "rb_restore", "rb_restart", "rb_wait",
-         "sweep_list", "deactivate", "clear", "done")
-
-KINDS = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-V = "credential_rotation_"
-
-
-class RotationError(Exception):
-    """An input the rules cannot work with (a bug in the caller, not an operator's mistake)."""
-
-
-# -- small helpers ----------------------------------------------------------------------------
-
-def fingerprint(token: str) -> str:
-    """The only form of a token that may appear anywhere: 8 hex characters of its SHA-256."""
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def unb64(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return base64.b64decode(value).decode().strip()
-    except (ValueError, UnicodeDecodeError):
-        return ""
-
-
-def stamp(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).strftime(TIME_FORMAT)
-
-
-def parse_stamp(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
-
-
-def compact(value: str) -> str:
-    """Marker-safe time: 20261202T073450 -> 20261202073450."""
-    return re.sub(r"[^0-9]", "", value)
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
-    return bool(value)
-
-
-def secret_ref(svc: dict) -> str:
-    return f"Secret {svc['namespace']}/{svc['secret']}"
-
-
-def workload_ref(svc: dict, workload: dict) -> str:
-    return f"{workload['kind']} {svc['namespace']}/{workload['name']}"
-
-
-# -- inputs -------------------------------------------------------------------------------------
-
-# (variable, minimum) for the numbers the argument spec can only call integers.
-_MINIMUMS = (("create_attempts", 1), ("verify_timeout", 1), ("rollout_timeout", 1), ("drain_timeout", 0),
-             ("poll_interval", 1), ("reload_interval", 0), ("kubelet_sync_delay", 0), ("usage_timeout", 1),
-             ("health_timeout", 1), ("lock_duration", 30), ("lock_wait", 0))
-
-
-def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
-    """The workloads a service names: credential_rotation_workloads, else the deployments shorthand."""
-    errors: list[str] = []
-    given = inputs.get(V + "workloads")
-    if given in (None, "", []):
-        names = inputs.get(V + "deployments") or []
-        if isinstance(names, str):  # the argument spec takes "a, b" for a list, as Ansible does
-            names = [n.strip() for n in names.split(",") if n.strip()]
-        given = [{"kind": "Deployment", "name": name} for name in names]
-        source = V + "deployments"
-    else:
-        source = V + "workloads"
-    out: list[dict] = []
-    if not isinstance(given, list):
-        return [], [f"{source} must be a list of {{kind, name}}; for example [{{kind: Deployment, name: api}}]."]
-    for entry in given:
-        if isinstance(entry, str):
-            entry = {"kind": "Deployment", "name": entry}
-        if not isinstance(entry, dict):
-            errors.append(f"{source} has an entry {entry!r} that is not {{kind, name}}; write it as "
-                          "{kind: Deployment, name: NAME}.")
-            continue
-        kind = str(entry.get("kind") or "Deployment")
-        name = str(entry.get("name") or "")
-        if kind not in KINDS:
-            errors.append(f"{source} names a workload of kind {kind!r}; the kinds that can be restarted are "
-                          f"{', '.join(KINDS)}.")
-        elif not (len(name) <= 253 and _DNS_SUBDOMAIN.match(name)):
-            errors.append(f"{source} names {kind} {name!r}, which is not a valid Kubernetes name (lower-case "
-                          "letters, digits, '-' and '.'); correct the name.")
-        elif {"kind": kind, "name": name} not in out:
-            out.append({"kind": kind, "name": name})
-    return out, errors
-
-
-def check_inputs(inputs: dict) -> list[str]:
-    """One sentence per input the argument spec cannot judge, naming the variable and the fix."""
-    errors: list[str] = []
-    namespace = str(inputs.get(V + "namespace") or "")
-    secret = str(inputs.get(V + "secret_name") or "")
-    if not (len(namespace) <= 63 and _DNS_LABEL.match(namespace)):
-        errors.append(f'{V}namespace "{namespace}" is not a valid Kubernetes namespace name (lower-case '
-                      "letters, digits and '-', at most 63 characters); set it to the namespace of the "
-                      "service's Secret.")
-    if not (len(secret) <= 253 and _DNS_SUBDOMAIN.match(secret)):
-        errors.append(f'{V}secret_name "{secret}" is not a valid Kubernetes Secret name (lower-case letters, '
-                      "digits, '-' and '.'); set it to the name of the Secret the service reads.")
-    names_valid = not errors
-    state_secret = state_secret_of(inputs)
-    if not names_valid:
-        pass  # the companion's name and the name prefix derive from these by default
-    elif state_secret == secret:
-        errors.append(f"{V}state_secret_name must differ from {V}secret_name: the pending and previous "
-                      "tokens must live where the service's pods cannot see them.")
-    elif not (len(state_secret) <= 253 and _DNS_SUBDOMAIN.match(state_secret)):
-        errors.append(f'{V}state_secret_name "{state_secret}" is not a valid Kubernetes Secret name; '
-                      "choose a shorter or valid one.")
-    for key_var in ("secret_token_key", "secret_id_key"):
-        key = str(inputs.get(V + key_var) or "")
-        if not (len(key) <= 253 and _SECRET_KEY.match(key)):
-            errors.append(f'{V}{key_var} "{key}" is not a valid Secret key (letters, digits, "-", "_", "."); '
-                          "correct it.")
-    if inputs.get(V + "secret_token_key") == inputs.get(V + "secret_id_key"):
-        errors.append(f"{V}secret_token_key and {V}secret_id_key are both "
-                      f"\"{inputs.get(V + 'secret_id_key')}\"; give the id its own key.")
-    for name, minimum in _MINIMUMS:
-        if V + name not in inputs:
-            continue
-        value = _int(inputs.get(V + name))
-        if value is None or value < minimum:
-            errors.append(f"{V}{name} is {inputs.get(V + name)!r}; set it to a whole number of at least {minimum}.")
-    threshold = _int(inputs.get(V + "threshold_days"))
-    expires = _int(inputs.get(V + "expires_in_days"))
-    if threshold is None or threshold < 0:
-        errors.append(f"{V}threshold_days is {inputs.get(V + 'threshold_days')!r}; set it to a whole number of "
-                      "days of at least 3.")
-    elif threshold < 3 and not _bool(inputs.get(V + "allow_short_threshold")):
-        errors.append(f"{V}threshold_days is {threshold}, below the minimum of 3 days the rotation guide "
-                      f"recommends; raise it or set {V}allow_short_threshold: true.")
-    if expires is None or not 1 <= expires <= 365:
-        errors.append(f"{V}expires_in_days is {inputs.get(V + 'expires_in_days')!r}; set it between 1 and 365.")
-    elif threshold is not None and expires <= threshold:
-        errors.append(f"{V}expires_in_days ({expires}) must be greater than {V}threshold_days ({threshold}), "
-                      "or every run would rotate again.")
-    strategy = inputs.get(V + "strategy", "restart")
-    if strategy not in ("restart", "reload"):
-        errors.append(f"{V}strategy is {strategy!r}; set it to restart or reload.")
-    workloads, workload_errors = workloads_of(inputs)
-    errors += workload_errors
-    if strategy == "restart" and not workloads and not workload_errors:
-        errors.append(f"{V}deployments (or {V}workloads) is empty; strategy restart needs the workloads "
-                      "that read the Secret.")
-    prefix = str(inputs.get(V + "name_prefix") or "")
-    if names_valid and not _PREFIX.match(prefix):
-        errors.append(f'{V}name_prefix "{prefix}" may only contain letters, digits, ".", "_" and "-" and be '
-                      "at most 100 characters long.")
-    statuses = inputs.get(V + "health_status", [200])
-    if not isinstance(statuses, list) or not statuses or any(
-            (_int(code) is None or not 100 <= _int(code) <= 599) for code in statuses):
-        errors.append(f"{V}health_status is {statuses!r}; set it to a list of HTTP status codes such as [200].")
-    url = str(inputs.get(V + "health_url") or "")
-    if url and not re.match(r"^https?://[^\s/]+", url):
-        errors.append(f"{V}health_url must be an http:// or https:// URL; correct it or leave it empty.")
-    return errors
-
-
-def state_secret_of(inputs: dict) -> str:
-    return str(inputs.get(V + "state_secret_name") or f"{inputs.get(V + 'secret_name') or ''}-rotation")
-
-
-def connection_of(inputs: dict) -> str:
-    """A digest of the platform connection a service uses (never the token itself)."""
-    parts = [str(inputs.get(V + name) or "") for name in ("api_url", "api_token", "ca_path")]
-    parts.append(str(_bool(inputs.get(V + "validate_certs", True))))
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def config_of(inputs: dict) -> dict:
-    """The settings the steps use, normalised (call only once check_inputs found nothing)."""
-    workloads, _ = workloads_of(inputs)
-    get = inputs.get
-    return {
-        "token_key": str(get(V + "secret_token_key", "token")),
-        "id_key": str(get(V + "secret_id_key", "id")),
-        "workloads": workloads,
-        "strategy": get(V + "strategy", "restart"),
-        "threshold_days": int(get(V + "threshold_days", 7)),
-        "expires_in_days": int(get(V + "expires_in_days", 90)),
-        "name_prefix": str(get(V + "name_prefix")),
-        "description": str(get(V + "description") or ""),
-        "force": _bool(get(V + "force", False)),
-        "abort": _bool(get(V + "abort", False)),
-        "sweep_orphans": _bool(get(V + "sweep_orphans", False)),
-        "create_attempts": int(get(V + "create_attempts", 3)),
-        "verify_timeout": int(get(V + "verify_timeout", 60)),
-        "rollout_timeout": int(get(V + "rollout_timeout", 600)),
-        "drain_timeout": int(get(V + "drain_timeout", 300)),
-        "poll_interval": int(get(V + "poll_interval", 5)),
-        "reload_window": int(get(V + "reload_interval", 300)) + int(get(V + "kubelet_sync_delay", 90)),
-        "verify_usage": _bool(get(V + "verify_usage", True)),
-        "usage_timeout": int(get(V + "usage_timeout", 120)),
-        "health_url": str(get(V + "health_url") or ""),
-        "health_status": [int(code) for code in get(V + "health_status", [200])],
-        "health_timeout": int(get(V + "health_timeout", 120)),
-        "health_validate_certs": _bool(get(V + "health_validate_certs", True)),
-        "audit_log": str(get(V + "audit_log") or ""),
-        "lock_duration": int(get(V + "lock_duration", 60)),
-        "lock_wait": int(get(V + "lock_wait", 90)),
-        "webhook": bool(get(V + "failure_webhook_url")),
-    }
+# The rules' one entry point: the filters, the action and the tests import from here.
+__all__ = [
+    "A",
+    "CREATING",
+    "CURRENT_FP",
+    "CURRENT_ID",
+    "FAILED_ID",
+    "FAILED_MARKER",
+    "KINDS",
+    "LAST_ROLLBACK_AT",
+    "LAST_ROTATED_AT",
+    "LAST_ROTATION",
+    "LOCK_ANNOTATIONS",
+    "LOCK_EXPIRES",
+    "LOCK_HOLDER",
+    "MARKER",
+    "NONE",
+    "PENDING",
+    "PENDING_FP",
+    "PENDING_ID",
+    "PENDING_NAME",
+    "PENDING_TOKEN",
+    "PHASE",
+    "PHASES",
+    "PREVIOUS_FP",
+    "PREVIOUS_ID",
+    "PREVIOUS_TOKEN",
+    "PROMOTED",
+    "PROMOTED_AT",
+    "ROLLBACK_REASON",
+    "ROLLED_BACK_AT",
+    "ROLLING_BACK",
+    "ROTATED_AT",
+    "ROTATION_FOR",
+    "RotationError",
+    "STARTED_AT",
+    "STATE_ANNOTATIONS",
+    "STEPS",
+    "TIME_FORMAT",
+    "USED_BEFORE",
+    "V",
+    "_answers",
+    "_k8s_error",
+    "audit_records",
+    "b64",
+    "check_inputs",
+    "clusters_of",
+    "compact",
+    "companion_definition",
+    "conclude_all",
+    "config_of",
+    "connection_of",
+    "create_requests",
+    "create_retries",
+    "deactivate_ids",
+    "decide",
+    "derived_phase",
+    "due",
+    "expiry_lines",
+    "fingerprint",
+    "fold_audit",
+    "fold_create",
+    "fold_deactivate",
+    "fold_health",
+    "fold_list",
+    "fold_restart",
+    "fold_usage",
+    "fold_verify",
+    "fold_wait",
+    "fold_write",
+    "health_requests",
+    "inspect",
+    "judge_workloads",
+    "list_needed",
+    "lock_held_by_other",
+    "lookup_ids",
+    "lookup_token_hosts",
+    "new_name",
+    "notify_hosts",
+    "orphan_pattern",
+    "orphans",
+    "outcomes",
+    "parse_k8s_time",
+    "parse_stamp",
+    "pod_reads_secret",
+    "preview",
+    "previous_token",
+    "read_requests",
+    "restart_calls",
+    "rollout_state",
+    "route_rollbacks",
+    "secret_patch",
+    "secret_ref",
+    "stale_pods",
+    "stamp",
+    "start",
+    "state_secret_of",
+    "stats",
+    "summary_lines",
+    "unb64",
+    "usage_ids",
+    "usage_unused",
+    "verify_requests",
+    "verify_timeout",
+    "wait_requests",
+    "workload_ref",
+    "workloads_of",
+    "writes",
+]
 
 
 def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False) -> dict:
@@ -342,48 +246,16 @@ def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False
         if connection is None:
             connection = digest
         elif digest != connection and not errors:
-            errors = [f"{V}api_url, _api_token, _ca_path or _validate_certs of this service differ from those of "
-                      "the first service of the run; every step calls the platform once for all services, so "
-                      "run services of another platform connection in a play of their own."]
+            errors = [("credential_rotation_api_url, _api_token, _ca_path or _validate_certs of this service "
+                       "differ from those of "
+                       "the first service of the run; every step calls the platform once for all services, so "
+                       "run services of another platform connection in a play of their own.")]
         if errors:
             svc.update(step="done", status="failed", message=errors[0], cfg={})
         else:
             svc["cfg"] = config_of(inputs)
         services[host] = svc
     return {"run_id": run_id, "check_mode": bool(check_mode), "services": services}
-
-
-# -- selecting services -------------------------------------------------------------------------
-
-def due(run: dict, step: str) -> list[dict]:
-    if step not in STEPS:
-        raise RotationError(f"unknown step {step!r}")
-    return [svc for svc in run["services"].values() if svc["step"] == step]
-
-
-def clusters_of(services: list[dict]) -> list[tuple[dict, list[dict]]]:
-    """Services grouped by cluster (kubeconfig, context), in first-seen order."""
-    groups: dict[str, tuple[dict, list[dict]]] = {}
-    for svc in services:
-        key = json.dumps(svc["cluster"], sort_keys=True)
-        groups.setdefault(key, (svc["cluster"], []))[1].append(svc)
-    return list(groups.values())
-
-
-def _copy(run: dict) -> dict:
-    return json.loads(json.dumps(run))
-
-
-def _finish(svc: dict, status: str, message: str) -> None:
-    svc["status"], svc["message"] = status, message.strip()
-
-
-def _fail(svc: dict, message: str, then: str) -> None:
-    """Record a failure and route the service to its cleanup (``then``), or end it (``done``)."""
-    svc["status"] = "failed"
-    svc["error"] = svc["error"] or message.rstrip(".")
-    svc["message"] = svc["message"] or message
-    svc["step"] = then
 
 
 # -- reading (the rotation_observe action reads, then inspect judges) ---------------------------
@@ -422,17 +294,6 @@ def derived_phase(ann: dict, companion: dict | None) -> str:
     return phase
 
 
-def _update_strategy(workload: dict) -> tuple[str, int]:
-    spec = workload.get("spec") or {}
-    strategy = (spec.get("updateStrategy") or spec.get("strategy") or {})
-    kind = workload.get("kind") or "Deployment"
-    default = "RollingUpdate"
-    partition = _int(((strategy.get("rollingUpdate") or {}).get("partition"))) or 0
-    if kind == "Deployment":
-        return strategy.get("type") or default, 0
-    return strategy.get("type") or default, partition
-
-
 def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
     """Judge what the read step found; returns (run, tokens).
 
@@ -454,7 +315,8 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
                   "done")
             continue
         if not secret:
-            _fail(svc, f"{ref} does not exist; check {V}namespace and {V}secret_name (the rotation updates the "
+            _fail(svc, f"{ref} does not exist; check credential_rotation_namespace and "
+                       "credential_rotation_secret_name (the rotation updates the "
                        "Secret that already holds the service's current token, it never creates it).", "done")
             continue
         meta = secret.get("metadata") or {}
@@ -467,7 +329,8 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
             continue
         data = secret.get("data") or {}
         if cfg["token_key"] not in data:
-            _fail(svc, f"{ref} has no key {cfg['token_key']}; set {V}secret_token_key to the key that holds "
+            _fail(svc, f"{ref} has no key {cfg['token_key']}; set credential_rotation_secret_token_key to the "
+                       "key that holds "
                        "the token.", "done")
             continue
         problem = _workload_problem(svc, read.get("workloads") or [])
@@ -484,15 +347,16 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
         c_meta = (companion or {}).get("metadata") or {}
         if companion and (c_meta.get("annotations") or {}).get(ROTATION_FOR) not in (None, svc["secret"]):
             _fail(svc, f"Secret {svc['namespace']}/{svc['state_secret']} exists and belongs to something else; "
-                       f"set {V}state_secret_name to a name of its own.", "done")
+                       f"set credential_rotation_state_secret_name to a name of its own.", "done")
             continue
         svc["rv"] = meta.get("resourceVersion") or ""
         svc["ann"] = ann
-        svc["companion"] = {"exists": bool(companion), "ann": {k: v for k, v in (c_meta.get("annotations") or {}).items()
-                                                                 if k.startswith(A)}}
+        c_ann = c_meta.get("annotations") or {}
+        svc["companion"] = {"exists": bool(companion), "ann": {k: v for k, v in c_ann.items() if k.startswith(A)}}
         svc["phase"] = derived_phase(ann, companion)
         if svc["phase"] not in PHASES:
-            _fail(svc, f"{ref} records an unknown rotation phase {svc['phase']!r}; set {V}abort: true to discard "
+            _fail(svc, f"{ref} records an unknown rotation phase {svc['phase']!r}; set "
+                       "credential_rotation_abort: true to discard "
                        "it, or clear the xapi.io/ annotations by hand.", "done")
             continue
         svc["current_id"] = unb64(data.get(cfg["id_key"]))
@@ -532,39 +396,10 @@ def _foreign_owner(meta: dict) -> str:
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     for mark, who in _FOREIGN_MARKS:
-        key, _, value = mark.partition("=")
+        key, _sep, value = mark.partition("=")
         found = labels.get(key, annotations.get(key))
         if found is not None and (not value or found == value):
             return who
-    return ""
-
-
-def _workload_summary(obj: dict) -> dict:
-    spec = obj.get("spec") or {}
-    template = spec.get("template") or {}
-    return {
-        "selector": ((spec.get("selector") or {}).get("matchLabels") or {}),
-        "marker": ((template.get("metadata") or {}).get("annotations") or {}).get(ROTATED_AT, ""),
-    }
-
-
-def _workload_problem(svc: dict, workloads: list[dict]) -> str:
-    for w in workloads:
-        ref = workload_ref(svc, w)
-        if w.get("error"):
-            return (f"Could not read {ref} ({w['error']}); check that the identity may get it "
-                    "(deploy/rbac.yml).")
-        obj = w.get("object")
-        if not obj:
-            return (f"{ref} does not exist; check {V}deployments (or {V}workloads) and "
-                    f"{V}namespace: nothing was changed.")
-        strategy, partition = _update_strategy(obj)
-        if svc["cfg"]["strategy"] == "restart" and strategy == "OnDelete":
-            return (f"{ref} uses the OnDelete update strategy, so a restart would not replace its pods; "
-                    "replace them yourself, or switch it to RollingUpdate before rotating.")
-        if svc["cfg"]["strategy"] == "restart" and partition > 0:
-            return (f"{ref} has a rolling-update partition of {partition}, so its pods below that ordinal would "
-                    "keep the old token; set the partition to 0 before rotating.")
     return ""
 
 
@@ -691,10 +526,6 @@ def companion_definition(svc: dict, tokens: dict | None, clear: bool = False) ->
             "data": data}
 
 
-def new_name(svc: dict, now: float) -> str:
-    return f"{svc['cfg']['name_prefix']}-{compact(stamp(now))}"
-
-
 def writes(run: dict, step: str, tokens: dict | None, now: float) -> list[dict]:
     """The kubernetes.core.k8s calls of a writing step: [{"cluster", "hosts", "definitions"}], one per
     cluster, each definition a conditional patch (or the companion Secret) of one service."""
@@ -791,8 +622,8 @@ def fold_write(run: dict, step: str, calls: list[dict], results: list[dict], now
     run = _copy(run)
     services = run["services"]
     outcome: dict[str, tuple[bool, str, str]] = {}
-    for call, answer in zip(calls, results):
-        for i, (host, entry) in enumerate(zip(call["hosts"], _answers(answer, len(call["hosts"])))):
+    for call, answer in zip(calls, results, strict=False):
+        for i, (host, entry) in enumerate(zip(call["hosts"], _answers(answer, len(call["hosts"])), strict=False)):
             metadata = ((entry or {}).get("result") or {}).get("metadata")
             definition = call["definitions"][i]
             is_main = definition["metadata"]["name"] == services[host]["secret"]
@@ -803,7 +634,8 @@ def fold_write(run: dict, step: str, calls: list[dict], results: list[dict], now
                                          if k.startswith(A)}
             if not metadata and outcome.get(host, (True,))[0]:
                 reason, text = _k8s_error(entry or {})
-                where = "" if is_main else f"Secret {definition['metadata']['namespace']}/{definition['metadata']['name']}: "
+                target = definition["metadata"]
+                where = "" if is_main else f"Secret {target['namespace']}/{target['name']}: "
                 outcome[host] = (False, reason, where + text)
             outcome.setdefault(host, (True, "", ""))
     for svc in due(run, step):
@@ -855,8 +687,8 @@ def _after_write(svc: dict, step: str, ok: bool, reason: str, text: str, now: fl
         if step == "clear":
             _conclude(svc)
         return
-    written = "" if reason == "Conflict" else f"{secret_ref(svc)} could not be written ({text}); " \
-                                              "check that the identity may patch it."
+    written = "" if reason == "Conflict" else (f"{secret_ref(svc)} could not be written ({text}); "
+                                               "check that the identity may patch it.")
     message = _conflict(svc) if reason == "Conflict" else written
     if step == "store":
         # The new credential never reached a workload: deactivate it, clear the state.
@@ -880,9 +712,9 @@ def _after_write(svc: dict, step: str, ok: bool, reason: str, text: str, now: fl
         svc["status"] = "failed"
         if text.startswith("Secret ") and svc["rv"]:
             # Only the companion: the rotation is over, but a copy of the tokens is left in it.
-            svc["message"] = (svc["message"] + "; " if svc["message"] else "") + \
-                f"but the companion could not be emptied ({text}); delete its keys by hand, or the next rotation " \
-                "overwrites them"
+            svc["message"] = (svc["message"] + "; " if svc["message"] else "") + (
+                f"but the companion could not be emptied ({text}); delete its keys by hand, or the next rotation "
+                "overwrites them")
         else:
             svc["message"] = (svc["message"] + "; " if svc["message"] else "") + \
                 f"but the rotation state could not be cleared from {secret_ref(svc)} ({text}); a re-run clears it"
@@ -1112,11 +944,11 @@ def fold_restart(run: dict, step: str, calls: list[dict], results: list[dict]) -
     run = _copy(run)
     services = run["services"]
     failures: dict[str, list[str]] = {}
-    for call, answer in zip(calls, results):
-        for i, (host, entry) in enumerate(zip(call["hosts"], _answers(answer, len(call["hosts"])))):
+    for call, answer in zip(calls, results, strict=False):
+        for i, (host, entry) in enumerate(zip(call["hosts"], _answers(answer, len(call["hosts"])), strict=False)):
             if not ((entry or {}).get("result") or {}).get("metadata"):
                 d = call["definitions"][i]
-                _, text = _k8s_error(entry or {})
+                text = _k8s_error(entry or {})[1]
                 if "not found" in text.lower() or "404" in text:
                     text = "it no longer exists"
                 failures.setdefault(host, []).append(f"{d['kind']} {d['metadata']['namespace']}/"
@@ -1138,117 +970,6 @@ def fold_restart(run: dict, step: str, calls: list[dict], results: list[dict]) -
     return run
 
 
-def rollout_state(workload: dict | None) -> tuple[str, str]:
-    """(complete | progressing | failed, why), by the rules `kubectl rollout status` applies."""
-    if not workload or not workload.get("metadata"):
-        return "failed", "it could not be read"
-    kind = workload.get("kind") or "Deployment"
-    meta, spec, st = workload["metadata"], workload.get("spec") or {}, workload.get("status") or {}
-    generation, observed = _int(meta.get("generation")) or 1, _int(st.get("observedGeneration")) or 0
-    if generation > observed:
-        return "progressing", "the controller has not observed the new template yet"
-    if kind == "Deployment":
-        for c in st.get("conditions") or []:
-            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-                return "failed", "it exceeded its progress deadline"
-        wanted = _int(spec.get("replicas"))
-        wanted = 1 if wanted is None else wanted
-        updated, replicas = _int(st.get("updatedReplicas")) or 0, _int(st.get("replicas")) or 0
-        available = _int(st.get("availableReplicas")) or 0
-        if updated < wanted:
-            return "progressing", f"{updated} of {wanted} replicas updated"
-        if replicas > updated:
-            return "progressing", f"{replicas - updated} old replicas pending termination"
-        if available < updated:
-            return "progressing", f"{available} of {updated} updated replicas available"
-        return "complete", f"{updated} replicas updated and available"
-    strategy, partition = _update_strategy(workload)
-    if strategy != "RollingUpdate":
-        return "failed", f"its update strategy is {strategy}"
-    if kind == "StatefulSet":
-        wanted = _int(spec.get("replicas"))
-        wanted = 1 if wanted is None else wanted
-        ready = _int(st.get("readyReplicas")) or 0
-        if ready < wanted:
-            return "progressing", f"{ready} of {wanted} pods ready"
-        updated = _int(st.get("updatedReplicas")) or 0
-        if partition:
-            if updated < wanted - partition:
-                return "progressing", f"{updated} of {wanted - partition} new pods updated (partition {partition})"
-            return "complete", f"partitioned roll out complete: {updated} new pods updated"
-        if st.get("updateRevision") != st.get("currentRevision"):
-            return "progressing", f"{updated} of {wanted} pods at the new revision"
-        return "complete", f"{wanted} pods at the new revision and ready"
-    desired = _int(st.get("desiredNumberScheduled")) or 0
-    updated = _int(st.get("updatedNumberScheduled")) or 0
-    available = _int(st.get("numberAvailable")) or 0
-    if updated < desired:
-        return "progressing", f"{updated} of {desired} pods updated"
-    if available < desired:
-        return "progressing", f"{available} of {desired} updated pods available"
-    return "complete", f"{desired} pods updated and available"
-
-
-def pod_reads_secret(pod: dict, secret: str) -> bool:
-    spec = pod.get("spec") or {}
-    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        for env in container.get("env") or []:
-            if (((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")) == secret:
-                return True
-        for source in container.get("envFrom") or []:
-            if (source.get("secretRef") or {}).get("name") == secret:
-                return True
-    for volume in spec.get("volumes") or []:
-        if (volume.get("secret") or {}).get("secretName") == secret:
-            return True
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            if (source.get("secret") or {}).get("name") == secret:
-                return True
-    return False
-
-
-def _selects(selector: dict, pod: dict) -> bool:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
-def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, rollback: bool = False,
-               until: float | None = None) -> list[str]:
-    """The pods that may still hold the token the rotation is retiring.
-
-    Forward (``rollback`` false): a pod of a restarted workload not created from the template that
-    carries ``marker``, any Terminating pod that reads the Secret (it keeps calling the API until it is
-    gone), and any other pod that reads the Secret and was created before the promotion (``since``).
-    Rollback: the pods created from the failed rotation's template (``marker``), and other readers
-    created between the promotion (``since``) and the restore (``until``), which hold the new token.
-    """
-    out = []
-    selectors = [s.get("selector") or {} for s in (svc.get("workload_objects") or {}).values()]
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        owned = any(_selects(sel, pod) for sel in selectors)
-        if not owned and not pod_reads_secret(pod, svc["secret"]):
-            continue
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and not meta.get("deletionTimestamp"):
-            continue
-        pod_marker = (meta.get("annotations") or {}).get(ROTATED_AT, "")
-        created = parse_k8s_time(meta.get("creationTimestamp"))
-        if rollback:
-            holds = (pod_marker == marker) if owned else (
-                since is not None and created is not None and created >= since and (until is None or created < until))
-        elif owned:
-            holds = bool(meta.get("deletionTimestamp")) or pod_marker != marker
-        else:
-            holds = bool(meta.get("deletionTimestamp")) or (since is None or created is None or created < since)
-        if holds:
-            out.append(meta.get("name", "?"))
-    return sorted(out)
-
-
-def parse_k8s_time(value: str | None) -> float | None:
-    return parse_stamp(value) if value else None
-
-
 def wait_requests(run: dict, step: str) -> list[dict]:
     """What the rotation_observe action waits for at a workloads step, per service."""
     out = []
@@ -1265,41 +986,6 @@ def wait_requests(run: dict, step: str) -> list[dict]:
             "reload_window": cfg["reload_window"], "poll_interval": cfg["poll_interval"],
         })
     return out
-
-
-def judge_workloads(svc_request: dict, svc: dict, objects: list[dict], pods: list[dict], now: float,
-                    started: float) -> dict:
-    """One poll of a workloads wait: {"state": waiting|done|failed, "phase": rollout|drain|reload, "why"}."""
-    elapsed = now - started
-    if svc_request["strategy"] == "reload":
-        promoted = parse_stamp(svc_request.get("rolled_back_at") or svc_request["promoted_at"]) or started
-        left = promoted + svc_request["reload_window"] - now
-        if left > 0:
-            return {"state": "waiting", "phase": "reload", "why": f"{int(left)} s left of the reload window"}
-        return {"state": "done", "phase": "reload", "why": "the reload window has passed"}
-    unfinished = []
-    for w, obj in zip(svc_request["workloads"], objects):
-        state, why = rollout_state(obj)
-        if state == "failed":
-            return {"state": "failed", "phase": "rollout",
-                    "why": f"the rollout of {w['kind']} {svc_request['namespace']}/{w['name']} failed: {why}"}
-        if state == "progressing":
-            unfinished.append(f"{w['kind']} {svc_request['namespace']}/{w['name']} ({why})")
-    if unfinished:
-        if elapsed >= svc_request["rollout_timeout"]:
-            return {"state": "failed", "phase": "rollout",
-                    "why": f"the rollout of {', '.join(unfinished)} did not complete within "
-                           f"{svc_request['rollout_timeout']} s"}
-        return {"state": "waiting", "phase": "rollout", "why": ", ".join(unfinished)}
-    since = parse_stamp(svc_request["promoted_at"])
-    until = parse_stamp(svc_request.get("rolled_back_at")) if svc_request["rollback"] else None
-    stale = stale_pods(svc, pods, svc_request["marker"], since, svc_request["rollback"], until)
-    if stale:
-        if elapsed >= svc_request["rollout_timeout"] + svc_request["drain_timeout"]:
-            return {"state": "failed", "phase": "drain", "why": ", ".join(stale)}
-        which = "new" if svc_request["rollback"] else "old"
-        return {"state": "waiting", "phase": "drain", "why": f"pods holding the {which} token: " + ", ".join(stale)}
-    return {"state": "done", "phase": "drain", "why": "every pod that reads the Secret holds the new token"}
 
 
 def fold_wait(run: dict, step: str, verdicts: dict[str, dict]) -> dict:
@@ -1337,8 +1023,8 @@ def fold_wait(run: dict, step: str, verdicts: dict[str, dict]) -> dict:
                        "stays active; the new credential is in place and a re-run finishes the rotation.", "clear")
             svc["clear"] = "release"
         else:
-            why = v["why"]
-            _fail(svc, (why[0].upper() + why[1:] + ".") if why else "The rollout failed.", "rb_restore")
+            why = v.get("why") or "the rollout failed"
+            _fail(svc, v.get("sentence") or (why[0].upper() + why[1:] + "."), "rb_restore")
     return run
 
 
@@ -1362,7 +1048,8 @@ def fold_usage(run: dict, verdicts: dict[str, dict]) -> dict:
         else:
             _fail(svc, f"The platform saw no request with the new credential {svc['current_id']} within "
                        f"{svc['cfg']['usage_timeout']} s after the {svc['cfg']['strategy']}, so the workloads may "
-                       f"still use the old one (set {V}verify_usage: false for services that call the API rarely).",
+                       "still use the old one (set credential_rotation_verify_usage: false for services that "
+                       "call the API rarely).",
                   "rb_restore")
     return run
 
@@ -1479,154 +1166,13 @@ def conclude_all(run: dict) -> dict:
             _finish(svc, "failed", f"it stopped before the step {svc['step']} (this is a bug; please report it)")
         if svc.get("cleanup_failed"):
             svc["message"] = (svc["message"].rstrip(".") + f"; the cleanup failed too; the Secret records phase "
-                              f"{svc['phase'] or 'none'}, re-run to resume or set {V}abort: true")
+                              f"{svc['phase'] or 'none'}, re-run to resume or set credential_rotation_abort: true")
         if svc["notes"] and svc["status"] in ("rotated", "not due", "aborted", "skipped", "failed"):
             extra = "; ".join(n for n in svc["notes"] if n not in svc["message"])
             if extra:
                 svc["message"] = f"{svc['message']}; {extra}" if svc["message"] else extra
         svc["step"] = "done"
     return run
-
-
-def preview(run: dict, now: float) -> tuple[dict, list[dict]]:
-    """Check mode: what a real run would do, from what was read; returns (run, diffs).
-
-    Every token is masked in the diffs; nothing here needs a value only a real run creates.
-    """
-    run = _copy(run)
-    diffs: list[dict] = []
-    for svc in due(run, "preview"):
-        cfg = svc["cfg"]
-        secret = f"{svc['namespace']}/{svc['secret']}"
-        workloads = ", ".join(workload_ref(svc, w) for w in cfg["workloads"]) or "no workload"
-        change = (f"restart {workloads}" if cfg["strategy"] == "restart"
-                  else f"wait {cfg['reload_window']} s for the pods to reload it")
-        current = svc["current_id"] or "the current credential"
-        name = new_name(svc, now)
-        action, phase = svc["action"], svc["phase"]
-        lock = ""
-        if svc.get("lock_holder"):
-            lock = (f"; another run holds the rotation lock ({svc['lock_holder']}), a real run would wait up to "
-                    f"{cfg['lock_wait']} s for it first")
-        if action == "rotate":
-            status = "would rotate"
-            text = (f"{svc['state_text']} (threshold {cfg['threshold_days']}{', forced' if cfg['force'] else ''}); "
-                    f"would create system user {name} (expires in {cfg['expires_in_days']} days), write Secret "
-                    f"{secret} (keys {cfg['token_key']}, {cfg['id_key']} and xapi.io/* annotations) and Secret "
-                    f"{svc['namespace']}/{svc['state_secret']} (pending and previous token), {change}, then "
-                    f"deactivate {current}")
-            diffs += _preview_diffs(svc, name)
-        elif action == "resume":
-            status = "would resume"
-            text = (f"Secret {secret} records an interrupted rotation in phase {phase} (started "
-                    f"{svc['ann'].get(STARTED_AT, '?')}); a real run would resume it")
-            if phase in (CREATING, PENDING):
-                text += (f": deactivate any user named {svc['ann'].get(PENDING_NAME, '?')} whose token was lost, then "
-                         f"create, verify and promote the new credential, {change} and deactivate {current}"
-                         if phase == CREATING else
-                         f": verify and promote {svc['new_id']}, {change} and deactivate {current}")
-            elif phase == PROMOTED:
-                text += f": {change}, verify, then deactivate {svc['ann'].get(PREVIOUS_ID, '?')}"
-            else:
-                text += f": finish the rollback and deactivate {svc['ann'].get(FAILED_ID, '?')}"
-        elif action == "abort":
-            status = "would abort"
-            text = (f"would abort the rotation in phase {phase} recorded in Secret {secret} and deactivate "
-                    f"{svc['new_id'] or svc['ann'].get(CURRENT_ID) or svc['ann'].get(PENDING_NAME, '?')}")
-        else:
-            status = "would sweep orphans"
-            text = f"{svc['state_text']}; would deactivate orphaned credentials named {cfg['name_prefix']}-*"
-        _finish(svc, status, text + lock)
-        svc["step"] = "done"
-    return run, diffs
-
-
-def _masked(data_keys: list[str]) -> dict:
-    return {k: "(masked)" for k in data_keys}
-
-
-def _preview_diffs(svc: dict, name: str) -> list[dict]:
-    cfg = svc["cfg"]
-    ns = svc["namespace"]
-    keys = [cfg["token_key"], cfg["id_key"]]
-    before_ann = {k: svc["ann"][k] for k in sorted(svc["ann"])}
-    after_ann = dict(before_ann)
-    after_ann.update({LAST_ROTATED_AT: "(time of the rotation)",
-                      LAST_ROTATION: f"{svc['current_id'] or '?'} -> (new id)"})
-    out = [
-        {"before_header": f"system user {name}", "after_header": f"system user {name}",
-         "before": "", "after": _yaml({"name": name, "description": cfg["description"],
-                                       "expires_in_days": cfg["expires_in_days"], "token": "(masked)"})},
-        {"before_header": f"Secret {ns}/{svc['secret']}", "after_header": f"Secret {ns}/{svc['secret']}",
-         "before": _yaml({"annotations": before_ann, "data": _masked(keys)}),
-         "after": _yaml({"annotations": after_ann,
-                         "data": {cfg["token_key"]: "(masked: the new token)", cfg["id_key"]: "(the new id)"}})},
-        {"before_header": f"Secret {ns}/{svc['state_secret']}", "after_header": f"Secret {ns}/{svc['state_secret']}",
-         "before": "" if not svc["companion"]["exists"] else _yaml({"data": {}}),
-         "after": _yaml({"data": {}, "note": "holds the pending and the previous token during the rotation "
-                                             "(masked), empty afterwards"})},
-    ]
-    for w in cfg["workloads"] if cfg["strategy"] == "restart" else []:
-        summary = (svc.get("workload_objects") or {}).get(f"{w['kind']}/{w['name']}") or {}
-        out.append({"before_header": workload_ref(svc, w), "after_header": workload_ref(svc, w),
-                    "before": _yaml({"spec.template.metadata.annotations": {ROTATED_AT: summary.get("marker") or None}}),
-                    "after": _yaml({"spec.template.metadata.annotations": {ROTATED_AT: "(new id)-(time)"}})})
-    if svc["current_id"]:
-        out.append({"before_header": f"system user {svc['current_id']}", "after_header": f"system user {svc['current_id']}",
-                    "before": _yaml({"active": True}), "after": _yaml({"active": False})})
-    return out
-
-
-def _yaml(value: Any) -> str:
-    lines: list[str] = []
-
-    def walk(node: Any, indent: int) -> None:
-        for key, item in node.items():
-            if isinstance(item, dict):
-                lines.append(" " * indent + f"{key}:" + (" {}" if not item else ""))
-                walk(item, indent + 2)
-            else:
-                lines.append(" " * indent + f"{key}: {json.dumps(item) if item is not None else 'null'}")
-    walk(value, 0)
-    return "\n".join(lines) + "\n"
-
-
-def summary_lines(run: dict) -> list[str]:
-    return [f"{svc['service']}: {svc['status'] or 'failed'} ({svc['message']})" for svc in run["services"].values()]
-
-
-def outcomes(run: dict) -> dict[str, dict]:
-    """{host: outcome}: never a token."""
-    return {svc["host"]: {"service": svc["service"], "host": svc["host"], "namespace": svc["namespace"],
-                             "secret": svc["secret"], "status": svc["status"] or "failed", "message": svc["message"],
-                             "days_remaining": svc["days_remaining"], "credential_id": svc["current_id"],
-                             "check_mode": run["check_mode"]}
-            for svc in run["services"].values()}
-
-
-def audit_records(run: dict, now: float) -> dict[str, list[str]]:
-    """{audit log path: [one JSON line per service that changed something or failed]}: ids and
-    fingerprints only."""
-    out: dict[str, list[str]] = {}
-    for svc in run["services"].values():
-        path = (svc.get("cfg") or {}).get("audit_log")
-        if not path or svc["status"] not in ("rotated", "failed", "aborted") or svc["action"] == "none":
-            continue
-        record = {"time": stamp(now), "service": svc["service"], "namespace": svc["namespace"],
-                  "secret": svc["secret"], "run": run["run_id"], "event": svc["status"], "message": svc["message"]}
-        if svc["status"] == "rotated":
-            record.update(event="rotated", old_id=svc.get("old_id", ""), new_id=svc["current_id"],
-                          new_fingerprint=svc["new_fp"] or svc["ann"].get(CURRENT_FP, ""))
-        elif svc["clear"] == "rolled_back":
-            record.update(event="rolled_back", new_id=svc["ann"].get(FAILED_ID, ""),
-                          old_id=svc["ann"].get(CURRENT_ID, ""))
-        out.setdefault(path, []).append(json.dumps(record, sort_keys=True))
-    return out
-
-
-def stats(run: dict) -> dict[str, dict]:
-    """{service: outcome}, what set_stats publishes for AWX workflows."""
-    return {o["service"]: o for o in outcomes(run).values()}
 
 
 def fold_audit(run: dict, results: list[dict]) -> dict:
@@ -1638,31 +1184,10 @@ def fold_audit(run: dict, results: list[dict]) -> dict:
         path = (svc.get("cfg") or {}).get("audit_log")
         if path in unwritten and svc["status"] in ("rotated", "failed", "aborted"):
             was = "it was rotated, but " if svc["status"] == "rotated" else ""
-            svc["message"] += f"; {was}its audit record could not be written to {path} ({unwritten[path]})"
+            if was:
+                svc["message"] += (f"; it was rotated, but its audit record could not be written to {path} "
+                                   f"({unwritten[path]})")
+            else:
+                svc["message"] += f"; its audit record could not be written to {path} ({unwritten[path]})"
             svc["status"] = "failed"
     return run
-
-
-def notify_hosts(run: dict) -> list[str]:
-    return [svc["host"] for svc in run["services"].values()
-            if svc["status"] == "failed" and (svc.get("cfg") or {}).get("webhook")]
-
-
-def expiry_lines(run: dict) -> dict[str, dict]:
-    """check_expiry.yml's view of every service: {host: {days_remaining, credential_id, due, line}}."""
-    out = {}
-    for svc in run["services"].values():
-        if svc["status"] == "failed" and svc.get("days_remaining") is None:
-            line = f"{svc['service']}: {svc['message']}"
-            out[svc["host"]] = {"days_remaining": None, "credential_id": "", "due": True, "line": line}
-            continue
-        is_due = bool(svc.get("due", True))
-        text = svc.get("state_text") or svc["message"]
-        line = f"{svc['service']}: {svc['current_id'] or 'unknown credential'}, {text}"
-        if is_due:
-            line += f" (rotate now: at or under the threshold of {svc['cfg'].get('threshold_days', '?')} days)"
-        if svc["phase"]:
-            line += f"; its Secret records a rotation in phase {svc['phase']}"
-        out[svc["host"]] = {"days_remaining": svc["days_remaining"], "credential_id": svc["current_id"],
-                            "due": is_due, "line": line}
-    return out

@@ -79,13 +79,21 @@ verdicts:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.xapi.system_auth.plugins.module_utils._api import new_module
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={}, bypass_checks=True)
-    module.fail_json(msg="xapi.system_auth.rotation_observe runs on the controller as an action plugin; "
-                         "call it from a task, not as a module.")
+    module = new_module(
+        {
+            "step": {"type": "str", "required": True,
+                     "choices": ["read", "wait", "rb_wait", "usage", "health", "preview"]},
+            "run": {"type": "dict", "required": True},
+            "display_every": {"type": "float", "default": 15},
+        },
+        supports_check_mode=True,
+    )
+    module.fail_json(msg="xapi.system_auth.rotation_observe runs on the controller as an action plugin of the "
+                         "credential_rotation role; call it from a task, not as a module.")
 
 
 if __name__ == "__main__":

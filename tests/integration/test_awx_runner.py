@@ -376,6 +376,9 @@ def test_awx_job_rotates_the_due_service_only_and_publishes_stats(
     # set_stats: the per-service summary AWX shows as the job's artifacts.
     summary = _stats(pdd, "nightly").get("artifact_data", {}).get("credential_rotation")
     assert isinstance(summary, dict), f"no credential_rotation in the job's artifact_data: {_stats(pdd, 'nightly')}"
+    # Keyed by the service's name (its namespace and Secret), each naming its inventory host.
+    assert set(summary) == {f"{NAMESPACE}/{services[h]['secret']}" for h in ("billing-due", "ledger-fresh")}
+    summary = {outcome["host"]: outcome for outcome in summary.values()}
     assert set(summary) == {"billing-due", "ledger-fresh"}
     assert summary["billing-due"]["status"] == "rotated"
     assert summary["billing-due"]["credential_id"] == new_id
@@ -410,6 +413,7 @@ def test_awx_job_force_survey_and_limit_rotate_only_the_chosen_service(
     # ... and the limit kept the other service out of the run.
     assert _same(after["billing-due"], before["billing-due"]), "the limit did not keep billing-due out of the run"
     summary = _stats(pdd, "manual")["artifact_data"]["credential_rotation"]
+    summary = {outcome["host"]: outcome for outcome in summary.values()}
     assert set(summary) == {"ledger-fresh"} and summary["ledger-fresh"]["status"] == "rotated"
     tokens = [sandbox.admin_token, _kubeconfig_parts(sandbox.kubeconfig)[1], before["ledger-fresh"]["token"],
               after["ledger-fresh"]["token"]]

@@ -21,6 +21,7 @@ def _check(services: list[Service], tmp_path: Path, *args: str) -> subprocess.Co
     for service in services:
         hosts.update(yaml.safe_load(service.inventory.read_text())["services"]["hosts"])
         hosts[service.namespace] = hosts.pop(service.name)
+        del hosts[service.namespace]["credential_rotation_service_name"]  # named by namespace and Secret
     inventory.write_text(yaml.safe_dump({"services": {"hosts": hosts}}))
     # Read-only, so the sandbox's admin kubeconfig is fine here (both services in one run).
     return subprocess.run([str(ANSIBLE_PLAYBOOK), "playbooks/check_expiry.yml", "-i", str(inventory), *args],
@@ -37,10 +38,11 @@ def test_reports_days_left_and_fails_only_when_one_is_under_the_threshold(sandbo
 
     assert both.returncode != 0
     text = " ".join(both.stdout.split())
-    assert f"{due.namespace}: {due.original_id}, 4 days left (rotate now)" in text
-    assert f"{fresh.namespace}: {fresh.original_id}, 29 days left" in text
-    assert f"{fresh.namespace}: {fresh.original_id}, 29 days left (rotate now)" not in text
-    assert "at or under the threshold of 7 days; run playbooks/rotate.yml." in text
+    due_name, fresh_name = (f"{s.namespace}/{s.secret_name}" for s in (due, fresh))
+    assert f"{due_name}: {due.original_id}, 4 days left (rotate now: at or under the threshold of 7 days)" in text
+    assert f"{fresh_name}: {fresh.original_id}, 29 days left" in text
+    assert f"{fresh_name}: {fresh.original_id}, 29 days left (rotate now" not in text
+    assert "at or under the threshold of 7 days); run playbooks/rotate.yml." in text
     assert_no_token({"stdout": both.stdout, "stderr": both.stderr}, [due.original_token, fresh.original_token])
 
     only_fresh = _check([due, fresh], tmp_path, "--limit", fresh.namespace)

@@ -63,7 +63,7 @@ def test_a_fleet_with_mistakes_rotates_the_good_service_and_touches_none_of_the_
     good_vars = _variables(good)
     del good_vars["credential_rotation_service_name"]  # named by its namespace and Secret
     mistakes: dict[str, tuple[dict[str, Any], str]] = {
-        "typo": ({"credential_rotation_deployments": ["svx"]},
+        "typo": ({"credential_rotation_deployments": ["svx"], "credential_rotation_kubeconfig": sandbox.kubeconfig},
                  f"Deployment {victim.namespace}/svx does not exist; check credential_rotation_deployments"),
         "negative": ({"credential_rotation_rollout_timeout": -5},
                      "credential_rotation_rollout_timeout is -5; set it to a whole number of at least 1."),
@@ -73,8 +73,8 @@ def test_a_fleet_with_mistakes_rotates_the_good_service_and_touches_none_of_the_
                       "credential_rotation_kubeconfig": sandbox.kubeconfig},
                      f"Secret {victim.namespace}/does-not-exist does not exist; check credential_rotation_namespace"),
         "nokey": ({"credential_rotation_secret_token_key": "nope"},
-                  f"Secret {victim.namespace}/{victim.secret_name} has no key nope; "
-                  "set credential_rotation_secret_token_key"),
+                  (f"Secret {victim.namespace}/{victim.secret_name} has no key nope; "
+                   "set credential_rotation_secret_token_key")),
         "short": ({"credential_rotation_threshold_days": 2},
                   "credential_rotation_threshold_days is 2, below the minimum of 3 days"),
         "expires": ({"credential_rotation_expires_in_days": 400},

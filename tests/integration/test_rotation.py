@@ -390,7 +390,10 @@ def test_rollout_that_never_completes_is_rolled_back(service: Service, tmp_path:
     assert "pending-token" not in data and "previous-token" not in data
     service.assert_no_failed_requests(service.original_id)
     assert len(_Webhook.received) == 1 and "failed" in _Webhook.received[0]["text"]
-    assert [json.loads(line)["event"] for line in audit.read_text().splitlines()] == ["rolled_back", "failed"]
+    # One record per service and run: the rollback, with what failed.
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["rolled_back"]
+    assert records[0]["message"].startswith("The rollout of Deployment") and records[0]["old_id"] == service.original_id
     assert_no_token({"stdout": result.stdout, "webhook": json.dumps(_Webhook.received), "audit": audit.read_text()},
                     [service.original_token])
 

@@ -1418,7 +1418,11 @@ def test_judge_workloads(objects, pods, elapsed, state, phase, why):
     run, _, _ = at_restart(rollout_timeout=100, drain_timeout=50)
     run = svc_run_at(run, "wait")
     verdict = R.judge_workloads(wait_request(run), svc_of(run), objects, pods, NOW + elapsed, NOW)
+    sentence = verdict.pop("sentence", None)
     assert verdict == {"state": state, "phase": phase, "why": why}
+    if state == "failed" and phase == "rollout":
+        # The failure's sentence for the summary is the same, as a sentence.
+        assert sentence == why[0].upper() + why[1:] + "."
 
 
 @pytest.mark.parametrize(("elapsed", "state", "why"), [
