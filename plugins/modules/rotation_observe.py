@@ -14,7 +14,7 @@ description:
     change without notice. It is documented so that readers of the role know what its steps do.
   - Runs on the controller as an action plugin. It reads Kubernetes objects through the
     C(kubernetes.core.k8s) lookup (no module process), asks the platform through
-    M(xapi.system_auth.system_user_info) and health URLs through M(ansible.builtin.uri), and judges
+    M(xapi.system_auth.system_user_info) and health URLs through C(ansible.builtin.uri), and judges
     every answer with the rotation's rules (C(module_utils/_rotation.py)).
   - O(step=read) reads every due service's Secret, companion Secret and workloads; a Secret whose
     rotation lock another live run holds is read again until that lock is released or lapses.
