@@ -14,6 +14,7 @@ every third of the lock's duration), so that a lock lapses only once its holder 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -44,6 +45,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         self._vars = task_vars or {}
+        self._apply_task_environment()
         args = self._task.args
         step = args.get("step")
         run = args.get("run") or {}
@@ -68,6 +70,28 @@ class ActionModule(ActionBase):
         else:
             result.update(failed=True, msg=f"rotation_observe: unknown step {step!r}")
         return result
+
+    def _apply_task_environment(self) -> None:
+        """The task's ``environment:`` (KUBECONFIG, K8S_AUTH_*, proxies) for the lookups, as modules get it.
+
+        Lookups run in this worker process, which Ansible forks for this task alone, so setting its
+        environment affects nothing else.
+        """
+        for entry in self._task.environment or []:
+            values = self._templar.template(entry)
+            if isinstance(values, dict):
+                os.environ.update({str(k): str(v) for k, v in values.items() if v is not None})
+
+    @staticmethod
+    def _kubeconfig_of(cluster: dict) -> str:
+        """Which kubeconfig a read used, for the sentence of a read that failed."""
+        path = cluster.get("kubeconfig") or os.environ.get("KUBECONFIG") or ""
+        if not path:
+            if os.environ.get("KUBERNETES_SERVICE_HOST"):
+                return "the in-cluster service account"
+            path = os.path.expanduser("~/.kube/config")
+        missing = [p for p in path.split(os.pathsep) if p and not os.path.exists(os.path.expanduser(p))]
+        return f"{path}, which does not exist" if missing and len(missing) == len(path.split(os.pathsep)) else path
 
     # -- kubernetes, through kubernetes.core -----------------------------------------------------
 
@@ -129,6 +153,8 @@ class ActionModule(ActionBase):
         cluster, ns = request["cluster"], request["namespace"]
         secret, error = self._get(cluster, "Secret", ns, request["secret"])
         out: dict[str, Any] = {"secret": secret, "secret_error": error, "workloads": []}
+        if error:
+            out["kubeconfig"] = self._kubeconfig_of(cluster)
         if error or not secret:
             return out
         out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])

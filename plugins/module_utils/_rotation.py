@@ -310,8 +310,9 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
         ref = secret_ref(svc)
         secret = read.get("secret")
         if read.get("secret_error"):
+            kubeconfig = read.get("kubeconfig") or svc["cluster"]["kubeconfig"] or "KUBECONFIG"
             _fail(svc, f"Could not read {ref} ({read['secret_error']}); check the kubeconfig "
-                       f"({svc['cluster']['kubeconfig'] or 'KUBECONFIG'}) and that its identity may get this Secret.",
+                       f"({kubeconfig}) and that its identity may get this Secret.",
                   "done")
             continue
         if not secret:
@@ -755,11 +756,13 @@ def fold_create(run: dict, answer: dict) -> tuple[dict, dict]:
         if item and not item.get("failed") and not token:
             why = "the API answered without a token: an active user of that name already existed"
         svc["create_error"] = why
-        if not item:
-            # Nobody can say whether the platform created it: keep the recorded name, so that the next
-            # run finds what it may have created and deactivates it before creating again.
-            _fail(svc, f"Could not create the new system user {svc['new_name']} ({why.rstrip('.')}); it may exist "
-                       "on the platform with its token lost.", "clear")
+        if not item or not can_list(answer):
+            # Nobody can say whether the platform created it (no answer, or a platform that cannot
+            # list users): keep the recorded name, so that the next run creates under the same name,
+            # which the platform refuses (409) while a user of that name is active.
+            _fail(svc, f"Could not create the new system user {svc['new_name']} ({why.rstrip('.')}); if the "
+                       "platform created it, its token is lost: deactivate it by id in the platform's console, "
+                       "then re-run, and the rotation resumes under the same name.", "clear")
             svc["clear"] = "release"
             continue
         _fail(svc, f"Could not create a new system user ({why.rstrip('.')}); no new credential was left "
@@ -829,6 +832,27 @@ def fold_list(run: dict, step: str, answer: dict) -> dict:
     run = _copy(run)
     listed = (answer or {}).get("system_users")
     for svc in due(run, step):
+        if listed is None and not can_list(answer):
+            if step == "discard_list" and svc["action"] == "abort":
+                # Nothing can look for it; the record goes, and the operator is told what may be left.
+                svc["notes"].append(f"the platform cannot list system users, so if the interrupted run created "
+                                    f"{svc['new_name']}, deactivate it by id in the platform's console")
+                svc["to_deactivate"] = [svc["new_id"]] if svc["phase"] == PENDING else []
+                svc["step"] = "deactivate"
+                svc["clear"] = "aborted"
+            elif step == "discard_list":
+                # Create again under the recorded name: the platform refuses it (409) while the user
+                # the interrupted run may have created is active, and the create then says so.
+                svc["notes"].append(f"the platform cannot list system users, so {svc['new_name']} was created "
+                                    "again under its recorded name")
+                svc["step"] = "create"
+            else:
+                if not any("list route" in n for n in svc["notes"]):
+                    svc["notes"].append("the orphan sweep needs the platform's list route, which it does not "
+                                        "serve, and was skipped")
+                svc["to_deactivate"] = _old_credential(svc)
+                svc["step"] = "deactivate"
+            continue
         if listed is None:
             text = (answer or {}).get("msg") or "no answer"
             if step == "discard_list":
@@ -852,6 +876,12 @@ def fold_list(run: dict, step: str, answer: dict) -> dict:
             svc["to_deactivate"] = _old_credential(svc) + [i for i in found if i not in _old_credential(svc)]
             svc["step"] = "deactivate"
     return run
+
+
+def can_list(answer: dict | None) -> bool:
+    """Whether a module's answer leaves the platform's list route possible (False only when the
+    module found out that the platform has none)."""
+    return ((answer or {}).get("capabilities") or {}).get("list") is not False
 
 
 def _old_credential(svc: dict) -> list[str]:

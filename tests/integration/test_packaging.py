@@ -270,7 +270,9 @@ TOKEN_PATTERN = re.compile(r"\b(?:xsu|xadm|k8sadm)_[A-Za-z0-9_-]{20,}")
 
 @pytest.mark.slow
 def test_molecule_default_scenario_converges_idempotently_and_verifies() -> None:
-    env = _clean_env(MOLECULE_NO_LOG="false", NO_COLOR="1", PY_COLORS="0")
+    # The scenario's sandbox lives across converge, idempotence and verify: it belongs to this test
+    # process (not to the short-lived command task that starts it), and stops with it.
+    env = _clean_env(MOLECULE_NO_LOG="false", NO_COLOR="1", PY_COLORS="0", XAPI_SANDBOX_OWNER_PID=str(os.getpid()))
     result = subprocess.run([str(VENV_BIN / "molecule"), "test", "--scenario-name", "default"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900, check=False)
     output = result.stdout + result.stderr
