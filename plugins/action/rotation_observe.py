@@ -56,6 +56,9 @@ class ActionModule(ActionBase):
         if step == "read":
             result["reads"] = self._read(run)
             result["_ansible_no_log"] = True  # the Secrets' data
+        elif step == "check":
+            result["reads"] = {r["host"]: self._check_one(r) for r in rules.check_requests(run)}
+            result["_ansible_no_log"] = True  # a companion Secret's data
         elif step in ("wait", "rb_wait"):
             result["verdicts"] = self._wait_workloads(run, step)
         elif step == "usage":
@@ -150,14 +153,24 @@ class ActionModule(ActionBase):
         return reads
 
     def _read_one(self, request: dict) -> dict:
+        """The Secret, and its companion when the Secret records a rotation (one GET in the common case)."""
         cluster, ns = request["cluster"], request["namespace"]
         secret, error = self._get(cluster, "Secret", ns, request["secret"])
-        out: dict[str, Any] = {"secret": secret, "secret_error": error, "workloads": []}
+        out: dict[str, Any] = {"secret": secret, "secret_error": error}
         if error:
             out["kubeconfig"] = self._kubeconfig_of(cluster)
         if error or not secret:
             return out
-        out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])
+        if ((secret.get("metadata") or {}).get("annotations") or {}).get(rules.PHASE):
+            out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])
+        return out
+
+    def _check_one(self, request: dict) -> dict:
+        """What a service that will change something must have: its workloads (and companion)."""
+        cluster, ns = request["cluster"], request["namespace"]
+        out: dict[str, Any] = {"workloads": []}
+        if request["companion"]:
+            out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])
         for w in request["workloads"]:
             obj, w_error = self._get(cluster, w["kind"], ns, w["name"], rules.KINDS[w["kind"]])
             out["workloads"].append({**w, "object": obj, "error": w_error})

@@ -72,6 +72,12 @@ def _rotation_requests(run: dict, step: str, tokens: dict | None = None) -> Any:
         return rules.deactivate_ids(run, step)
     if step in ("discard_list", "sweep_list"):
         return rules.list_needed(run, step)
+    if step == "usage":
+        return rules.usage_ids(run)
+    if step == "health":
+        return [r["host"] for r in rules.health_requests(run)]
+    if step in ("wait", "rb_wait"):
+        return [r["host"] for r in rules.wait_requests(run, step)]
     raise rules.RotationError(f"step {step!r} has no requests")
 
 
@@ -96,6 +102,8 @@ def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) 
         error = answer.get("msg", "") if answer.get("failed") and not answer.get("system_users") else ""
         token_error = extra.get("msg", "") if extra.get("failed") and not extra.get("results") else ""
         return rules.decide(run, answer.get("system_users") or [], by_token, now, error, token_error)
+    if step == "check":
+        return rules.inspect_more(run, (answer or {}).get("reads") or {})
     if step == "preview":
         return rules.preview(run, now)[0]
     if step in ("lock", "store", "promote", "rb_restore", "clear"):

@@ -111,6 +111,9 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloa
 
 # The rules' one entry point: the filters, the action and the tests import from here.
 __all__ = [
+    "can_list",
+    "inspect_more",
+    "check_requests",
     "A",
     "CREATING",
     "CURRENT_FP",
@@ -334,10 +337,6 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
                        "key that holds "
                        "the token.", "done")
             continue
-        problem = _workload_problem(svc, read.get("workloads") or [])
-        if problem:
-            _fail(svc, problem, "done")
-            continue
         ann = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(A)}
         companion = read.get("companion")
         if read.get("companion_error"):
@@ -345,15 +344,16 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
                        f"({read['companion_error']}); check that the identity may get it (deploy/rbac.yml).",
                   "done")
             continue
-        c_meta = (companion or {}).get("metadata") or {}
-        if companion and (c_meta.get("annotations") or {}).get(ROTATION_FOR) not in (None, svc["secret"]):
-            _fail(svc, f"Secret {svc['namespace']}/{svc['state_secret']} exists and belongs to something else; "
-                       f"set credential_rotation_state_secret_name to a name of its own.", "done")
+        problem = _companion_problem(svc, read)
+        if problem:
+            _fail(svc, problem, "done")
             continue
+        c_meta = (companion or {}).get("metadata") or {}
         svc["rv"] = meta.get("resourceVersion") or ""
         svc["ann"] = ann
         c_ann = c_meta.get("annotations") or {}
-        svc["companion"] = {"exists": bool(companion), "ann": {k: v for k, v in c_ann.items() if k.startswith(A)}}
+        svc["companion"] = {"exists": bool(companion), "read": "companion" in read,
+                            "ann": {k: v for k, v in c_ann.items() if k.startswith(A)}}
         svc["phase"] = derived_phase(ann, companion)
         if svc["phase"] not in PHASES:
             _fail(svc, f"{ref} records an unknown rotation phase {svc['phase']!r}; set "
@@ -361,8 +361,6 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
                        "it, or clear the xapi.io/ annotations by hand.", "done")
             continue
         svc["current_id"] = unb64(data.get(cfg["id_key"]))
-        svc["workload_objects"] = {f"{w['kind']}/{w['name']}": _workload_summary(w.get("object") or {})
-                                   for w in read.get("workloads") or []}
         if read.get("lock_waited"):
             svc["notes"].append(f"waited {int(read['lock_waited'])} s for another run's lock")
         c_data = (companion or {}).get("data") or {}
@@ -380,6 +378,45 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
             svc["lock_holder"] = holder
         svc["step"] = "lookup"
     return run, tokens
+
+
+def _companion_problem(svc: dict, read: dict) -> str:
+    if read.get("companion_error"):
+        return (f"Could not read Secret {svc['namespace']}/{svc['state_secret']} ({read['companion_error']}); "
+                "check that the identity may get it (deploy/rbac.yml).")
+    c_meta = (read.get("companion") or {}).get("metadata") or {}
+    if read.get("companion") and (c_meta.get("annotations") or {}).get(ROTATION_FOR) not in (None, svc["secret"]):
+        return (f"Secret {svc['namespace']}/{svc['state_secret']} exists and belongs to something else; "
+                "set credential_rotation_state_secret_name to a name of its own.")
+    return ""
+
+
+def check_requests(run: dict) -> list[dict]:
+    """What the check step reads for the services that will change something: their workloads, and the
+    companion Secret when the read step did not need it."""
+    return [{"host": svc["host"], "cluster": svc["cluster"], "namespace": svc["namespace"],
+             "secret": svc["secret"], "state_secret": svc["state_secret"], "workloads": svc["cfg"]["workloads"],
+             "companion": not svc["companion"]["read"]}
+            for svc in due(run, "check")]
+
+
+def inspect_more(run: dict, reads: dict[str, dict]) -> dict:
+    """The checks only a service that will change something needs, before anything changes: every
+    workload exists and a restart would roll it, and the companion Secret is ours (or absent)."""
+    run = _copy(run)
+    for svc in due(run, "check"):
+        read = reads.get(svc["host"]) or {"workloads": [{**w, "error": "the check step gave no answer"}
+                                                        for w in svc["cfg"]["workloads"]]}
+        problem = _workload_problem(svc, read.get("workloads") or []) or _companion_problem(svc, read)
+        if problem:
+            _fail(svc, problem, "done")
+            continue
+        if "companion" in read:
+            svc["companion"]["exists"] = bool(read["companion"])
+        svc["workload_objects"] = {f"{w['kind']}/{w['name']}": _workload_summary(w.get("object") or {})
+                                   for w in read.get("workloads") or []}
+        svc["step"] = "preview" if run["check_mode"] else "lock"
+    return run
 
 
 _FOREIGN_MARKS = (
@@ -476,15 +513,13 @@ def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float, 
             svc["step"] = "done"
             continue
         svc["state_text"] = state
-        if run["check_mode"]:
-            svc["step"] = "preview"
-        elif svc.get("lock_holder"):
+        if svc.get("lock_holder") and not run["check_mode"]:
             _finish(svc, "skipped", f"another run holds the rotation lock ({svc['lock_holder']} until "
                                     f"{svc['ann'].get(LOCK_EXPIRES, '?')}); this run waited {cfg['lock_wait']} s "
                                     "for it to be released or to lapse, re-run once that run has finished")
             svc["step"] = "done"
         else:
-            svc["step"] = "lock"
+            svc["step"] = "check"
     return run
 
 

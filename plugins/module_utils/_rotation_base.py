@@ -59,7 +59,7 @@ PHASES = (NONE, CREATING, PENDING, PROMOTED, ROLLING_BACK)
 
 # The steps, in the order the role runs them. A fold only ever moves a service to a later step,
 # so one pass through this table serves a fresh rotation, a resumed one, an abort and a rollback.
-STEPS = ("read", "lookup", "preview", "lock", "discard_list", "discard", "create", "store", "verify",
+STEPS = ("read", "lookup", "check", "preview", "lock", "discard_list", "discard", "create", "store", "verify",
          "promote", "restart", "wait", "usage", "health", "rb_restore", "rb_restart", "rb_wait",
          "sweep_list", "deactivate", "clear", "done")
 

@@ -16,8 +16,10 @@ description:
     C(kubernetes.core.k8s) lookup (no module process), asks the platform through
     M(xapi.system_auth.system_user_info) and health URLs through C(ansible.builtin.uri), and judges
     every answer with the rotation's rules (C(module_utils/_rotation.py)).
-  - O(step=read) reads every due service's Secret, companion Secret and workloads; a Secret whose
-    rotation lock another live run holds is read again until that lock is released or lapses.
+  - O(step=read) reads every due service's Secret (and its companion Secret when it records a
+    rotation); a Secret whose rotation lock another live run holds is read again until that lock is
+    released or lapses. O(step=check) reads the workloads (and companion) of the services that will
+    change something.
   - O(step=wait) and O(step=rb_wait) wait for the rollouts by the rules of C(kubectl rollout status)
     and until no pod that reads the Secret may still hold the token being retired;
     O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
@@ -32,7 +34,7 @@ options:
     description: What to read or wait for.
     type: str
     required: true
-    choices: [read, wait, rb_wait, usage, health, preview]
+    choices: [read, check, wait, rb_wait, usage, health, preview]
   run:
     description: The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
     type: dict
@@ -86,7 +88,7 @@ def main() -> None:
     module = new_module(
         {
             "step": {"type": "str", "required": True,
-                     "choices": ["read", "wait", "rb_wait", "usage", "health", "preview"]},
+                     "choices": ["read", "check", "wait", "rb_wait", "usage", "health", "preview"]},
             "run": {"type": "dict", "required": True},
             "display_every": {"type": "float", "default": 15},
         },

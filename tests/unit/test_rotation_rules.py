@@ -307,7 +307,17 @@ def read_run(phase: str = "", companion: dict | None = None, check_mode: bool = 
     read.update(read_over or {})
     run = R.start({"h1": inp}, RUN_ID, check_mode)
     run, tokens = R.inspect(run, {"h1": read}, NOW)
+    _LAST_READ["h1"] = read  # what the check step reads too (workloads, companion), for decided()
     return run, tokens, cluster
+
+
+# The objects read_run's scenario holds, for the check step that follows the decision.
+_LAST_READ: dict[str, dict] = {}
+
+
+def checked(run: dict) -> dict:
+    """The check step after the decision, from the same objects the scenario read."""
+    return R.inspect_more(run, {svc["host"]: _LAST_READ[svc["host"]] for svc in R.due(run, "check")})
 
 
 def user(ident: str = OLD_ID, days: int = 30, active: bool = True, expired: bool = False, **more: Any) -> dict:
@@ -320,7 +330,7 @@ def decided(phase: str = "", users: list | None = None, check_mode: bool = False
     run, tokens, cluster = read_run(phase, companion, check_mode, read_over, **over)
     if users is None:
         users = [user(days=3)] + ([user(NEW_ID, days=90)] if phase in (R.PROMOTED,) else [])
-    return R.decide(run, users, {}, NOW), tokens, cluster
+    return checked(R.decide(run, users, {}, NOW)), tokens, cluster
 
 
 def svc_of(run: dict, host: str = "h1") -> dict:
@@ -455,7 +465,8 @@ def test_start_normalises_the_settings():
 # == inspect ========================================================================================
 
 def inspected(read_over: dict | None = None, **over: Any) -> dict:
-    return svc_of(read_run(read_over=read_over, **over)[0])
+    """A due service after the read, the decision and the check: every check before a change."""
+    return svc_of(decided(read_over=read_over, **over)[0])
 
 
 @pytest.mark.parametrize(("read_over", "over", "parts"), [
@@ -509,7 +520,7 @@ def test_reload_tolerates_ondelete_and_partitions():
     read_over = {"workloads": [{"kind": "StatefulSet", "name": "db", "object": statefulset(strategy="OnDelete"),
                                 "error": ""}]}
     svc = inspected(read_over, strategy="reload", workloads=[{"kind": "StatefulSet", "name": "db"}])
-    assert (svc["status"], svc["step"]) == ("", "lookup")
+    assert (svc["status"], svc["step"]) == ("", "lock")
 
 
 def test_inspect_moves_a_good_service_to_lookup_with_its_tokens():
@@ -517,7 +528,7 @@ def test_inspect_moves_a_good_service_to_lookup_with_its_tokens():
     svc = svc_of(run)
     assert (svc["step"], svc["phase"], svc["current_id"], svc["rv"]) == ("lookup", "", OLD_ID, "100")
     assert tokens == {"h1": {"current": R.b64(OLD_TOKEN), "pending": "", "previous": ""}}
-    assert svc["workload_objects"]["Deployment/api"]["selector"] == {"app": "api"}
+    assert svc_of(decided()[0])["workload_objects"]["Deployment/api"]["selector"] == {"app": "api"}
     assert_no_token(run)
 
 
@@ -586,17 +597,17 @@ def test_a_companion_of_another_pending_name_means_the_token_was_lost():
 @pytest.mark.parametrize(("users", "over", "step", "status", "action", "message"), [
     ([user(days=30)], {}, "done", "not due", "none", "30 days left"),
     ([user(days=8)], {}, "done", "not due", "none", "8 days left"),
-    ([user(days=7)], {}, "lock", "", "rotate", ""),
-    ([user(days=6)], {}, "lock", "", "rotate", ""),
-    ([user(days=40, active=False)], {}, "lock", "", "rotate", ""),
-    ([user(days=0, expired=True)], {}, "lock", "", "rotate", ""),
-    ([], {}, "lock", "", "rotate", ""),
-    ([user(days=30)], {"force": True}, "lock", "", "rotate", ""),
+    ([user(days=7)], {}, "check", "", "rotate", ""),
+    ([user(days=6)], {}, "check", "", "rotate", ""),
+    ([user(days=40, active=False)], {}, "check", "", "rotate", ""),
+    ([user(days=0, expired=True)], {}, "check", "", "rotate", ""),
+    ([], {}, "check", "", "rotate", ""),
+    ([user(days=30)], {"force": True}, "check", "", "rotate", ""),
     ([user(days=30)], {"abort": True}, "done", "not due", "none",
      "nothing to abort, no rotation is in progress; 30 days left"),
-    ([user(days=30)], {"sweep_orphans": True}, "lock", "", "sweep", ""),
-    ([user(days=2)], {"sweep_orphans": True}, "lock", "", "rotate", ""),
-    ([user(days=12)], {"threshold_days": 14}, "lock", "", "rotate", ""),
+    ([user(days=30)], {"sweep_orphans": True}, "check", "", "sweep", ""),
+    ([user(days=2)], {"sweep_orphans": True}, "check", "", "rotate", ""),
+    ([user(days=12)], {"threshold_days": 14}, "check", "", "rotate", ""),
 ], ids=["not-due", "one-above-threshold", "on-threshold", "one-below-threshold", "inactive", "expired",
         "unknown-credential", "force", "abort-nothing", "sweep", "due-beats-sweep", "own-threshold"])
 def test_decide(users, over, step, status, action, message):
@@ -621,7 +632,7 @@ def test_decide_by_token_when_the_secret_holds_no_id():
     svc = svc_of(R.decide(run, [], {"h1": user(days=50)}, NOW))
     assert (svc["step"], svc["current_id"], svc["message"]) == ("done", OLD_ID, "50 days left")
     svc = svc_of(R.decide(run, [], {"h1": {}}, NOW))
-    assert svc["step"] == "lock" and svc["state_text"] == "the token in the Secret is not accepted by the platform"
+    assert svc["step"] == "check" and svc["state_text"] == "the token in the Secret is not accepted by the platform"
 
 
 @pytest.mark.parametrize(("phase", "over", "action"), [
@@ -746,6 +757,7 @@ def test_lock_of_several_services_in_one_call_each_gets_its_answer():
     run = R.start({"h1": inp1, "h2": inp2}, RUN_ID)
     run, tokens = R.inspect(run, {"h1": read1, "h2": read2}, NOW)
     run = R.decide(run, [user(days=1)], {}, NOW)
+    run = R.inspect_more(run, {"h1": read1, "h2": read2})
     calls = R.writes(run, "lock", tokens, NOW)
     assert len(calls) == 1 and calls[0]["hosts"] == ["h1", "h2"]
     run = write(run, "lock", tokens, cluster)
@@ -1757,6 +1769,8 @@ def test_full_path_a_rotation_through_every_step():
     assert svc_of(run)["step"] == "lookup" and R.lookup_ids(run) == [OLD_ID]
 
     run = R.decide(run, [user(days=4)], {}, NOW)
+    assert svc_of(run)["step"] == "check"
+    run = R.inspect_more(run, {"h1": read})
     assert svc_of(run)["step"] == "lock"
     run = write(run, "lock", tokens, cluster)
     seen.append(run)
@@ -1825,6 +1839,7 @@ def test_full_path_a_rollback_restores_the_previous_token_and_deactivates_the_ne
     run = R.start({"h1": inp}, RUN_ID)
     run, tokens = R.inspect(run, {"h1": read}, NOW)
     run = R.decide(run, [user(days=4)], {}, NOW)
+    run = R.inspect_more(run, {"h1": read})
     run = write(run, "lock", tokens, cluster)
     run, created = R.fold_create(run, {"results": [created_item()]})
     tokens["h1"]["pending"] = created["h1"]
@@ -1928,3 +1943,26 @@ def test_deployments_given_as_a_string_are_read_as_ansible_reads_a_list(given, n
     # The role's argument spec accepts "a, b" for a list, as every Ansible list option does.
     assert R.check_inputs(inputs(deployments=given)) == []
     assert [w["name"] for w in R.workloads_of(inputs(deployments=given))[0]] == names
+
+
+def test_only_services_that_will_change_something_are_checked_and_read_further():
+    # The daily run with nothing due reads each Secret once; the workloads (and the companion, when
+    # the Secret records no rotation) are read only for the services that will change something.
+    inp_due, read_due, _ = scenario()
+    inp_fresh, read_fresh, _ = scenario(secret="web")
+    read_fresh["secret"] = secret_obj(name="web", ident="su_web")
+    run = R.start({"due": inp_due, "fresh": inp_fresh}, RUN_ID)
+    run, _ = R.inspect(run, {"due": read_due, "fresh": read_fresh}, NOW)
+    run = R.decide(run, [user(days=3), user("su_web", days=60)], {}, NOW)
+    assert [r["host"] for r in R.check_requests(run)] == ["due"]
+    assert R.check_requests(run)[0]["companion"] is (not svc_of(run, "due")["companion"]["read"])
+    run = R.inspect_more(run, {"due": {"workloads": [{"kind": "Deployment", "name": "api", "object": None,
+                                                       "error": ""}]}})
+    assert (svc_of(run, "due")["step"], svc_of(run, "due")["status"]) == ("done", "failed")
+    assert (svc_of(run, "fresh")["step"], svc_of(run, "fresh")["status"]) == ("done", "not due")
+
+
+def test_a_rotation_in_progress_does_not_read_its_companion_twice():
+    run, _, _ = read_run(R.PROMOTED)
+    run = R.decide(run, [user(NEW_ID, days=90), user(OLD_ID, days=3)], {}, NOW)
+    assert R.check_requests(run)[0]["companion"] is False
