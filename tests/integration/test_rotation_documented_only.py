@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import _start_sandbox, _stop_sandbox
 from tests.integration.test_rotation import STATE_ANNOTATIONS, Service, outcome
-from tests.integration.test_rotation_crash import BOUNDARIES, resumed_cleanly
+from tests.integration.test_rotation_crash import BOUNDARIES, _crash_then_resume
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,6 @@ def test_rotates_with_the_documented_routes_only(documented: Any, tmp_path: Path
 
     again = service.rotate()
     assert again.returncode == 0 and outcome(again).startswith("not due ("), outcome(again)
-
-
-def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
-    directory.mkdir()
-    service = Service(sandbox, directory)
-    service.rotate_until(boundary)
-    done = boundary == BOUNDARIES[-1]
-    problems = resumed_cleanly(service, service.rotate(), "not due (" if done else "rotated (")
-    return f"{boundary}: " + "; ".join(problems) if problems else None
 
 
 def test_a_crash_at_any_step_boundary_is_resumed_without_the_list_route(documented: Any, tmp_path: Path) -> None:
