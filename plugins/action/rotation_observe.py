@@ -171,6 +171,15 @@ class ActionModule(ActionBase):
         out: dict[str, Any] = {"workloads": []}
         if request["companion"]:
             out["companion"], out["companion_error"] = self._get(cluster, "Secret", ns, request["state_secret"])
+        if request.get("auto"):  # credential_rotation_workloads: auto
+            listed: dict[str, list] = {}
+            for kind, api_version in rules.KINDS.items():
+                listed[kind], error = self._get(cluster, kind, ns, None, api_version)
+                if error:
+                    out["list_error"] = f"{kind}: {error}"
+                    return out
+            out["workloads"] = rules.found_workloads(request, listed)
+            return out
         for w in request["workloads"]:
             obj, w_error = self._get(cluster, w["kind"], ns, w["name"], rules.KINDS[w["kind"]])
             out["workloads"].append({**w, "object": obj, "error": w_error})
@@ -233,8 +242,19 @@ class ActionModule(ActionBase):
     def _wait_workloads(self, run: dict, step: str) -> dict[str, dict]:
         requests = {r["host"]: r for r in rules.wait_requests(run, step)}
         services = run["services"]
+        unlisted: dict[str, set] = {}
+        restarted: dict[str, list] = {}
 
         def judge(host: str, now: float, started: float) -> dict:
+            verdict = judge_once(host, now, started)
+            unlisted.setdefault(host, set()).update(verdict.get("unlisted") or [])
+            if unlisted[host]:
+                verdict["unlisted"] = sorted(unlisted[host])
+            if restarted.get(host):
+                verdict["reloader_missed"] = restarted[host]
+            return verdict
+
+        def judge_once(host: str, now: float, started: float) -> dict:
             request = requests[host]
             objects, pods = [], []
             if request["strategy"] == "restart":
@@ -249,10 +269,31 @@ class ActionModule(ActionBase):
                 if error:
                     pods = [{"metadata": {"name": f"(pods could not be listed: {error})", "deletionTimestamp": "?"},
                              "spec": {"volumes": [{"secret": {"secretName": services[host]["secret"]}}]}}]
+                for w in rules.reloader_missed(services[host], request, objects, pods, now):
+                    failed = self._restart(request, w)
+                    w["restarted"] = True
+                    if failed:
+                        return {"state": "failed", "phase": "rollout",
+                                "why": f"{w['kind']} {request['namespace']}/{w['name']} could not be restarted "
+                                       f"({failed})",
+                                "sentence": f"Could not restart {w['kind']} {request['namespace']}/{w['name']} "
+                                            f"({failed}), which no Reloader-style controller restarted either."}
+                    restarted.setdefault(host, []).append(f"{w['kind']} {request['namespace']}/{w['name']}")
+                    display.display(f"{services[host]['service']}: no rollout of {w['kind']} {w['name']} started "
+                                    f"within {request['reloader_grace']} s of the Secret's change, although it is "
+                                    "annotated for Reloader; restarting it")
             return rules.judge_workloads(request, services[host], objects, pods, now, started)
 
         what = "waiting for the rollback's rollouts" if step == "rb_wait" else "waiting for the rollouts"
         return self._poll(run, list(requests), judge, what)
+
+    def _restart(self, request: dict, workload: dict) -> str:
+        """Restart one workload as the restart step does (the Secret's marker); '' or why it failed."""
+        args = {"state": "patched", "merge_type": "merge",
+                "definition": rules.restart_definition(request["namespace"], workload, request["restart_marker"])}
+        args.update({k: v for k, v in request["cluster"].items() if v})
+        answer = self._execute_module(module_name="kubernetes.core.k8s", module_args=args, task_vars=self._vars)
+        return (answer.get("msg") or "it failed") if answer.get("failed") else ""
 
     def _wait_usage(self, run: dict) -> dict[str, dict]:
         services = run["services"]

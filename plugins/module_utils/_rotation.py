@@ -105,15 +105,25 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloa
     judge_workloads,
     parse_k8s_time,
     pod_reads_secret,
+    reloader_missed,
+    reloader_restarts,
     rollout_state,
     stale_pods,
+    template_reads_secret,
+    unlisted,
 )
 
 # The rules' one entry point: the filters, the action and the tests import from here.
 __all__ = [
+    "reloader_missed",
+    "reloader_restarts",
+    "restart_definition",
+    "template_reads_secret",
+    "unlisted",
     "can_list",
     "inspect_more",
     "check_requests",
+    "found_workloads",
     "A",
     "CREATING",
     "CURRENT_FP",
@@ -351,6 +361,8 @@ def inspect(run: dict, reads: dict[str, dict], now: float) -> tuple[dict, dict]:
         c_meta = (companion or {}).get("metadata") or {}
         svc["rv"] = meta.get("resourceVersion") or ""
         svc["ann"] = ann
+        svc["reloader_ann"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                               if "reloader.stakater.com/" in k}
         c_ann = c_meta.get("annotations") or {}
         svc["companion"] = {"exists": bool(companion), "read": "companion" in read,
                             "ann": {k: v for k, v in c_ann.items() if k.startswith(A)}}
@@ -396,8 +408,20 @@ def check_requests(run: dict) -> list[dict]:
     companion Secret when the read step did not need it."""
     return [{"host": svc["host"], "cluster": svc["cluster"], "namespace": svc["namespace"],
              "secret": svc["secret"], "state_secret": svc["state_secret"], "workloads": svc["cfg"]["workloads"],
-             "companion": not svc["companion"]["read"]}
+             "companion": not svc["companion"]["read"], "auto": bool(svc["cfg"].get("auto_workloads"))}
             for svc in due(run, "check")]
+
+
+def found_workloads(request: dict, listed: dict[str, list[dict]]) -> list[dict]:
+    """credential_rotation_workloads: auto: of the namespace's Deployments, StatefulSets and DaemonSets
+    (``listed``: {kind: [objects]}), those whose pod template reads the Secret, as read entries."""
+    out = []
+    for kind in KINDS:
+        for obj in sorted(listed.get(kind) or [], key=lambda o: (o.get("metadata") or {}).get("name", "")):
+            if template_reads_secret(obj, request["secret"]):
+                out.append({"kind": kind, "name": (obj.get("metadata") or {}).get("name", ""), "object": obj,
+                            "error": ""})
+    return out
 
 
 def inspect_more(run: dict, reads: dict[str, dict]) -> dict:
@@ -407,14 +431,28 @@ def inspect_more(run: dict, reads: dict[str, dict]) -> dict:
     for svc in due(run, "check"):
         read = reads.get(svc["host"]) or {"workloads": [{**w, "error": "the check step gave no answer"}
                                                         for w in svc["cfg"]["workloads"]]}
+        if svc["cfg"].get("auto_workloads"):
+            if read.get("list_error"):
+                _fail(svc, f"Could not list the workloads of namespace {svc['namespace']} ({read['list_error']}), "
+                           "which credential_rotation_workloads: auto needs; allow the identity to list "
+                           "deployments, statefulsets and daemonsets (deploy/rbac.yml), or name the workloads.",
+                      "done")
+                continue
+            svc["cfg"]["workloads"] = [{"kind": w["kind"], "name": w["name"]} for w in read.get("workloads") or []]
+            if not svc["cfg"]["workloads"] and svc["cfg"]["strategy"] == "restart":
+                svc["notes"].append(f"no Deployment, StatefulSet or DaemonSet of namespace {svc['namespace']} reads "
+                                    f"Secret {svc['secret']}, so nothing was restarted")
         problem = _workload_problem(svc, read.get("workloads") or []) or _companion_problem(svc, read)
         if problem:
             _fail(svc, problem, "done")
             continue
         if "companion" in read:
             svc["companion"]["exists"] = bool(read["companion"])
-        svc["workload_objects"] = {f"{w['kind']}/{w['name']}": _workload_summary(w.get("object") or {})
-                                   for w in read.get("workloads") or []}
+        svc["workload_objects"] = {
+            f"{w['kind']}/{w['name']}": _workload_summary(
+                w.get("object") or {}, svc["secret"] if svc["cfg"]["strategy"] == "restart" else "",
+                svc.get("reloader_ann"))
+            for w in read.get("workloads") or []}
         svc["step"] = "preview" if run["check_mode"] else "lock"
     return run
 
@@ -996,13 +1034,26 @@ def restart_calls(run: dict, step: str) -> list[dict]:
             for w in svc["cfg"]["workloads"]:
                 if step == "rb_restart" and w.get("gone"):
                     continue
-                definitions.append({"apiVersion": KINDS[w["kind"]], "kind": w["kind"],
-                                    "metadata": {"name": w["name"], "namespace": svc["namespace"]},
-                                    "spec": {"template": {"metadata": {"annotations": {ROTATED_AT: marker}}}}})
+                if reloaded_by(svc, w):
+                    continue  # its controller restarts it when the Secret's data changes; the wait checks that
+                definitions.append(restart_definition(svc["namespace"], w, marker))
                 hosts.append(svc["host"])
         if definitions:
             out.append({"cluster": cluster, "hosts": hosts, "definitions": definitions})
     return out
+
+
+def restart_definition(namespace: str, workload: dict, marker: str) -> dict:
+    """The merge patch that restarts a workload: the pod-template annotation xapi.io/rotated-at."""
+    return {"apiVersion": KINDS[workload["kind"]], "kind": workload["kind"],
+            "metadata": {"name": workload["name"], "namespace": namespace},
+            "spec": {"template": {"metadata": {"annotations": {ROTATED_AT: marker}}}}}
+
+
+def reloaded_by(svc: dict, workload: dict) -> str:
+    """The annotation by which a Reloader-style controller restarts this workload, or ''."""
+    return ((svc.get("workload_objects") or {}).get(f"{workload['kind']}/{workload['name']}") or {}).get(
+        "reloader", "")
 
 
 def fold_restart(run: dict, step: str, calls: list[dict], results: list[dict]) -> dict:
@@ -1049,6 +1100,7 @@ def wait_requests(run: dict, step: str) -> list[dict]:
             "rolled_back_at": svc["ann"].get(ROLLED_BACK_AT, "") if rollback else "",
             "rollout_timeout": cfg["rollout_timeout"], "drain_timeout": cfg["drain_timeout"],
             "reload_window": cfg["reload_window"], "poll_interval": cfg["poll_interval"],
+            "reloader_grace": cfg["reloader_grace"], "restart_marker": svc["ann"].get(MARKER, ""),
         })
     return out
 
@@ -1060,6 +1112,12 @@ def fold_wait(run: dict, step: str, verdicts: dict[str, dict]) -> dict:
         v = verdicts.get(svc["host"]) or {"state": "failed", "phase": "rollout", "why": "the wait gave no answer"}
         if v.get("notes"):
             svc["notes"] += v["notes"]
+        for ref in v.get("reloader_missed") or []:
+            svc["notes"].append(f"restarted {ref} itself: its Reloader annotation asked for a restart, but none "
+                                f"started within {svc['cfg']['reloader_grace']} s of the Secret's change")
+        if v.get("unlisted") and step == "wait" and v["state"] == "done":
+            svc["notes"].append(f"waited for pod(s) {', '.join(v['unlisted'])}, which read the Secret but belong to "
+                                "no restarted workload, to end before deactivating the old credential")
         if v.get("rv"):
             svc["rv"] = v["rv"]
         if v.get("conflict"):

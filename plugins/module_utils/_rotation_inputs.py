@@ -27,13 +27,15 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_base im
 # (variable, minimum) for the numbers the argument spec can only call integers.
 _MINIMUMS = (("create_attempts", 1), ("verify_timeout", 1), ("rollout_timeout", 1), ("drain_timeout", 0),
              ("poll_interval", 1), ("reload_interval", 0), ("kubelet_sync_delay", 0), ("usage_timeout", 1),
-             ("health_timeout", 1), ("lock_duration", 30), ("lock_wait", 0))
+             ("health_timeout", 1), ("lock_duration", 30), ("lock_wait", 0), ("reloader_grace", 0))
 
 
 def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
     """The workloads a service names: credential_rotation_workloads, else the deployments shorthand."""
     errors: list[str] = []
     given = inputs.get(V + "workloads")
+    if given == "auto":
+        return [], []
     if given in (None, "", []):
         names = inputs.get(V + "deployments") or []
         if isinstance(names, str):  # the argument spec takes "a, b" for a list, as Ansible does
@@ -44,7 +46,8 @@ def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
         source = V + "workloads"
     out: list[dict] = []
     if not isinstance(given, list):
-        return [], [f"{source} must be a list of {{kind, name}}; for example [{{kind: Deployment, name: api}}]."]
+        return [], [(f"{source} must be a list of {{kind, name}} or auto; for example [{{kind: Deployment, name: "
+                    "api}].")]
     for entry in given:
         if isinstance(entry, str):
             entry = {"kind": "Deployment", "name": entry}
@@ -128,7 +131,7 @@ def check_inputs(inputs: dict) -> list[str]:
         errors.append(f"credential_rotation_strategy is {strategy!r}; set it to restart or reload.")
     workloads, workload_errors = workloads_of(inputs)
     errors += workload_errors
-    if strategy == "restart" and not workloads and not workload_errors:
+    if strategy == "restart" and not workloads and not workload_errors and inputs.get(V + "workloads") != "auto":
         errors.append("credential_rotation_deployments (or credential_rotation_workloads) is empty; strategy "
                       "restart needs the workloads "
                       "that read the Secret.")
@@ -168,6 +171,7 @@ def config_of(inputs: dict) -> dict:
         "token_key": str(get(V + "secret_token_key", "token")),
         "id_key": str(get(V + "secret_id_key", "id")),
         "workloads": workloads,
+        "auto_workloads": get(V + "workloads") == "auto",
         "strategy": get(V + "strategy", "restart"),
         "threshold_days": int(get(V + "threshold_days", 7)),
         "expires_in_days": int(get(V + "expires_in_days", 90)),
@@ -191,5 +195,6 @@ def config_of(inputs: dict) -> dict:
         "audit_log": str(get(V + "audit_log") or ""),
         "lock_duration": int(get(V + "lock_duration", 60)),
         "lock_wait": int(get(V + "lock_wait", 90)),
+        "reloader_grace": int(get(V + "reloader_grace", 30)),
         "webhook": bool(get(V + "failure_webhook_url")),
     }

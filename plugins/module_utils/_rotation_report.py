@@ -42,9 +42,7 @@ def preview(run: dict, now: float) -> tuple[dict, list[dict]]:
     for svc in due(run, "preview"):
         cfg = svc["cfg"]
         secret = f"{svc['namespace']}/{svc['secret']}"
-        workloads = ", ".join(workload_ref(svc, w) for w in cfg["workloads"]) or "no workload"
-        change = (f"restart {workloads}" if cfg["strategy"] == "restart"
-                  else f"wait {cfg['reload_window']} s for the pods to reload it")
+        change = _change(svc)
         current = svc["current_id"] or "the current credential"
         name = new_name(svc, now)
         action, phase = svc["action"], svc["phase"]
@@ -85,6 +83,25 @@ def preview(run: dict, now: float) -> tuple[dict, list[dict]]:
     return run, diffs
 
 
+def _reloader(svc: dict, w: dict) -> str:
+    return ((svc.get("workload_objects") or {}).get(f"{w['kind']}/{w['name']}") or {}).get("reloader", "")
+
+
+def _change(svc: dict) -> str:
+    """What a real run would do to the workloads, in words."""
+    cfg = svc["cfg"]
+    if cfg["strategy"] != "restart":
+        return f"wait {cfg['reload_window']} s for the pods to reload it"
+    ours = [workload_ref(svc, w) for w in cfg["workloads"] if not _reloader(svc, w)]
+    theirs = [workload_ref(svc, w) for w in cfg["workloads"] if _reloader(svc, w)]
+    parts = [f"restart {', '.join(ours)}"] if ours else []
+    if theirs:
+        parts.append(f"wait for Reloader to restart {', '.join(theirs)} (restarting it after "
+                     f"{cfg['reloader_grace']} s if it does not)")
+    return " and ".join(parts) or ("restart no workload (auto found none that reads the Secret)"
+                                   if cfg.get("auto_workloads") else "restart no workload")
+
+
 def _preview_diffs(svc: dict, name: str) -> list[dict]:
     cfg = svc["cfg"]
     ns = svc["namespace"]
@@ -108,10 +125,14 @@ def _preview_diffs(svc: dict, name: str) -> list[dict]:
     ]
     for w in cfg["workloads"] if cfg["strategy"] == "restart" else []:
         summary = (svc.get("workload_objects") or {}).get(f"{w['kind']}/{w['name']}") or {}
+        after = "(new id)-(time)"
+        if summary.get("reloader"):
+            after = (f"unchanged: Reloader restarts it ({summary['reloader']}); set to (new id)-(time) only if no "
+                     f"rollout starts within {cfg['reloader_grace']} s")
         out.append({"before_header": workload_ref(svc, w), "after_header": workload_ref(svc, w),
                     "before": _yaml({"spec.template.metadata.annotations": {ROTATED_AT: summary.get("marker") or None}
                                      }),
-                    "after": _yaml({"spec.template.metadata.annotations": {ROTATED_AT: "(new id)-(time)"}})})
+                    "after": _yaml({"spec.template.metadata.annotations": {ROTATED_AT: after}})})
     if svc["current_id"]:
         header = f"system user {svc['current_id']}"
         out.append({"before_header": header, "after_header": header,

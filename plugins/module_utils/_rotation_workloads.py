@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Workload rules: readiness by the rules of ``kubectl rollout status`` for Deployments,
-StatefulSets and DaemonSets, and which pods may still hold a token being retired. Pure: no I/O.
+StatefulSets and DaemonSets, which workloads a Reloader-style controller restarts by itself, and
+which pods may still hold a token being retired. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -26,13 +27,54 @@ def _update_strategy(workload: dict) -> tuple[str, int]:
     return strategy.get("type") or default, partition
 
 
-def _workload_summary(obj: dict) -> dict:
+# Stakater Reloader's annotations (https://github.com/stakater/Reloader): on a workload (its metadata,
+# or its pod template's), and on the Secret.
+RELOADER_AUTO = "reloader.stakater.com/auto"
+RELOADER_SECRET_AUTO = "secret.reloader.stakater.com/auto"
+RELOADER_SECRET_RELOAD = "secret.reloader.stakater.com/reload"
+RELOADER_SEARCH = "reloader.stakater.com/search"
+RELOADER_MATCH = "reloader.stakater.com/match"
+RELOADER_IGNORE = "reloader.stakater.com/ignore"
+
+
+def reloader_restarts(obj: dict, secret: str, secret_annotations: dict | None = None) -> str:
+    """The annotation by which a Reloader-style controller restarts this workload when ``secret``'s
+    data changes, or '' when none does (by Reloader's rules: auto, secret auto and search need the
+    pod template to read the Secret; an explicit reload list names it; the Secret can opt out)."""
+    secret_annotations = secret_annotations or {}
+    if str(secret_annotations.get(RELOADER_IGNORE, "")).lower() == "true":
+        return ""
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or {}
+    annotations = {**((template.get("metadata") or {}).get("annotations") or {}),
+                   **((obj.get("metadata") or {}).get("annotations") or {})}
+    names = [n.strip() for n in str(annotations.get(RELOADER_SECRET_RELOAD, "")).split(",") if n.strip()]
+    if secret in names:
+        return f"{RELOADER_SECRET_RELOAD}: {annotations[RELOADER_SECRET_RELOAD]}"
+    if not pod_reads_secret(template, secret):
+        return ""
+    for key in (RELOADER_AUTO, RELOADER_SECRET_AUTO):
+        if str(annotations.get(key, "")).lower() == "true":
+            return f"{key}: \"true\""
+    if (str(annotations.get(RELOADER_SEARCH, "")).lower() == "true"
+            and str(secret_annotations.get(RELOADER_MATCH, "")).lower() == "true"):
+        return f"{RELOADER_SEARCH}: \"true\" (and the Secret's {RELOADER_MATCH})"
+    return ""
+
+
+def _workload_summary(obj: dict, secret: str = "", secret_annotations: dict | None = None) -> dict:
     spec = obj.get("spec") or {}
     template = spec.get("template") or {}
     return {
         "selector": ((spec.get("selector") or {}).get("matchLabels") or {}),
         "marker": ((template.get("metadata") or {}).get("annotations") or {}).get(ROTATED_AT, ""),
+        "reloader": reloader_restarts(obj, secret, secret_annotations) if secret else "",
     }
+
+
+def template_reads_secret(obj: dict, secret: str) -> bool:
+    """Whether a workload's pod template reads the Secret (env, envFrom, a volume, a projected volume)."""
+    return pod_reads_secret((obj.get("spec") or {}).get("template") or {}, secret)
 
 
 def _workload_problem(svc: dict, workloads: list[dict]) -> str:
@@ -130,22 +172,32 @@ def _selects(selector: dict, pod: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def _selectors(svc: dict) -> tuple[list[dict], list[dict]]:
+    """(the selectors of the workloads the rotation restarts, those a Reloader-style controller restarts)."""
+    restarted, reloaded = [], []
+    for summary in (svc.get("workload_objects") or {}).values():
+        (reloaded if summary.get("reloader") else restarted).append(summary.get("selector") or {})
+    return restarted, reloaded
+
+
 def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, rollback: bool = False,
                until: float | None = None) -> list[str]:
     """The pods that may still hold the token the rotation is retiring.
 
     Forward (``rollback`` false): a pod of a restarted workload not created from the template that
     carries ``marker``, any Terminating pod that reads the Secret (it keeps calling the API until it is
-    gone), and any other pod that reads the Secret and was created before the promotion (``since``).
+    gone), and any other pod that reads the Secret and was created before the promotion (``since``):
+    the pods of workloads a Reloader-style controller restarts are judged this way, by when they were
+    created, since their template does not carry the marker.
     Rollback: the pods created from the failed rotation's template (``marker``), and other readers
     created between the promotion (``since``) and the restore (``until``), which hold the new token.
     """
     out = []
-    selectors = [s.get("selector") or {} for s in (svc.get("workload_objects") or {}).values()]
+    restarted, reloaded = _selectors(svc)
     for pod in pods:
         meta = pod.get("metadata") or {}
-        owned = any(_selects(sel, pod) for sel in selectors)
-        if not owned and not pod_reads_secret(pod, svc["secret"]):
+        owned = any(_selects(sel, pod) for sel in restarted)
+        if not owned and not pod_reads_secret(pod, svc["secret"]) and not any(_selects(sel, pod) for sel in reloaded):
             continue
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and not meta.get("deletionTimestamp"):
             continue
@@ -161,6 +213,42 @@ def stale_pods(svc: dict, pods: list[dict], marker: str, since: float | None, ro
         if holds:
             out.append(meta.get("name", "?"))
     return sorted(out)
+
+
+def unlisted(svc: dict, pods: list[dict], names: list[str]) -> list[str]:
+    """Of the pods ``names``, those that belong to no workload of the service (a Job's, a bare pod, a
+    workload nobody listed): the summary names them when the rotation waited for them."""
+    restarted, reloaded = _selectors(svc)
+    by_name = {(p.get("metadata") or {}).get("name"): p for p in pods}
+    return [n for n in names
+            if not any(_selects(sel, by_name.get(n) or {}) for sel in restarted + reloaded)]
+
+
+def reloader_missed(svc: dict, request: dict, objects: list[dict], pods: list[dict], now: float) -> list[dict]:
+    """The workloads a Reloader-style controller should have restarted but has not, ``reloader_grace``
+    seconds after the Secret changed: no rollout in progress, and pods of it from before the change
+    still running. The rotation restarts these itself."""
+    if request["strategy"] != "restart":
+        return []
+    changed = parse_stamp(request.get("rolled_back_at") if request["rollback"] else request["promoted_at"])
+    if changed is None or now - changed < request.get("reloader_grace", 0):
+        return []
+    summaries = svc.get("workload_objects") or {}
+    out = []
+    for w, obj in zip(request["workloads"], objects, strict=False):
+        summary = summaries.get(f"{w['kind']}/{w['name']}") or {}
+        if not summary.get("reloader") or w.get("restarted") or rollout_state(obj)[0] != "complete":
+            continue
+        selector = summary.get("selector") or {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            created = parse_k8s_time(meta.get("creationTimestamp"))
+            if (_selects(selector, pod) and not meta.get("deletionTimestamp")
+                    and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                    and (created is None or created < changed)):
+                out.append(w)
+                break
+    return out
 
 
 def parse_k8s_time(value: str | None) -> float | None:
@@ -198,8 +286,11 @@ def judge_workloads(svc_request: dict, svc: dict, objects: list[dict], pods: lis
     until = parse_stamp(svc_request.get("rolled_back_at")) if svc_request["rollback"] else None
     stale = stale_pods(svc, pods, svc_request["marker"], since, svc_request["rollback"], until)
     if stale:
+        others = unlisted(svc, pods, stale)
+        extra = {"unlisted": others} if others and not svc_request["rollback"] else {}
         if elapsed >= svc_request["rollout_timeout"] + svc_request["drain_timeout"]:
-            return {"state": "failed", "phase": "drain", "why": ", ".join(stale)}
+            return {"state": "failed", "phase": "drain", "why": ", ".join(stale), **extra}
         which = "new" if svc_request["rollback"] else "old"
-        return {"state": "waiting", "phase": "drain", "why": f"pods holding the {which} token: " + ", ".join(stale)}
+        return {"state": "waiting", "phase": "drain", "why": f"pods holding the {which} token: " + ", ".join(stale),
+                **extra}
     return {"state": "done", "phase": "drain", "why": "every pod that reads the Secret holds the new token"}

@@ -1966,3 +1966,229 @@ def test_a_rotation_in_progress_does_not_read_its_companion_twice():
     run, _, _ = read_run(R.PROMOTED)
     run = R.decide(run, [user(NEW_ID, days=90), user(OLD_ID, days=3)], {}, NOW)
     assert R.check_requests(run)[0]["companion"] is False
+
+
+# == Reloader-style controllers and credential_rotation_workloads: auto ==============================
+
+def reads_template(how: str | None = "env", secret: str = "api") -> dict:
+    """A pod template that reads ``secret`` the way ``how`` says (see pod())."""
+    spec = pod("t", reads=how, secret=secret)["spec"] if how else {"containers": [{"name": "main"}]}
+    return {"metadata": {"labels": APP}, "spec": spec}
+
+
+def reloader_deployment(annotations: dict | None = None, template_annotations: dict | None = None,
+                        how: str | None = "env", name: str = "api") -> dict:
+    obj = deployment(name=name, annotations=annotations)
+    obj["spec"]["template"] = reads_template(how)
+    obj["spec"]["template"]["metadata"]["annotations"] = template_annotations or {}
+    return obj
+
+
+@pytest.mark.parametrize(("annotations", "template_annotations", "how", "secret_ann", "expected"), [
+    ({"reloader.stakater.com/auto": "true"}, None, "env", None, 'reloader.stakater.com/auto: "true"'),
+    ({"reloader.stakater.com/auto": "True"}, None, "volume", None, 'reloader.stakater.com/auto: "true"'),
+    (None, {"reloader.stakater.com/auto": "true"}, "envFrom", None, 'reloader.stakater.com/auto: "true"'),
+    ({"secret.reloader.stakater.com/auto": "true"}, None, "projected", None,
+     'secret.reloader.stakater.com/auto: "true"'),
+    ({"reloader.stakater.com/auto": "true"}, None, None, None, ""),
+    ({"reloader.stakater.com/auto": "false"}, None, "env", None, ""),
+    ({"reloader.stakater.com/auto": "true"}, None, "env", {"reloader.stakater.com/ignore": "true"}, ""),
+    ({"secret.reloader.stakater.com/reload": "other, api"}, None, None, None,
+     "secret.reloader.stakater.com/reload: other, api"),
+    ({"secret.reloader.stakater.com/reload": "other,api-rotation"}, None, "env", None, ""),
+    ({"reloader.stakater.com/search": "true"}, None, "env", {"reloader.stakater.com/match": "true"},
+     'reloader.stakater.com/search: "true" (and the Secret\'s reloader.stakater.com/match)'),
+    ({"reloader.stakater.com/search": "true"}, None, "env", None, ""),
+    (None, None, "env", None, ""),
+], ids=["auto", "auto-capitalised", "auto-on-template", "secret-auto", "auto-but-not-reading", "auto-false",
+        "secret-ignored", "reload-list", "reload-list-of-others", "search-match", "search-without-match", "none"])
+def test_reloader_restarts(annotations, template_annotations, how, secret_ann, expected):
+    obj = reloader_deployment(annotations, template_annotations, how)
+    assert R.reloader_restarts(obj, "api", secret_ann) == expected
+
+
+AUTO = {"reloader.stakater.com/auto": "true"}
+
+
+def reloader_run(strategy: str = "restart", secret_ann: dict | None = None) -> dict:
+    """A due service whose Deployment api is annotated for Reloader, checked."""
+    inp, read, _ = scenario(strategy=strategy)
+    if secret_ann:
+        read["secret"]["metadata"]["annotations"].update(secret_ann)
+    read["workloads"][0]["object"] = reloader_deployment(AUTO)
+    run = R.start({"h1": inp}, RUN_ID)
+    run, _ = R.inspect(run, {"h1": read}, NOW)
+    run = R.decide(run, [user(days=3)], {}, NOW)
+    return R.inspect_more(run, {"h1": read})
+
+
+def test_check_notes_which_workloads_reloader_restarts():
+    summary = svc_of(reloader_run())["workload_objects"]["Deployment/api"]
+    assert summary["reloader"] == 'reloader.stakater.com/auto: "true"'
+    assert svc_of(reloader_run(secret_ann={"reloader.stakater.com/ignore": "true"}))[
+        "workload_objects"]["Deployment/api"]["reloader"] == ""
+    # With strategy reload nothing is restarted, so nothing is left to Reloader either.
+    assert svc_of(reloader_run("reload"))["workload_objects"]["Deployment/api"]["reloader"] == ""
+
+
+def test_the_restart_leaves_reloader_workloads_to_reloader():
+    run = reloader_run()
+    svc = svc_of(run)
+    svc["workload_objects"]["Deployment/worker"] = {"selector": {"app": "worker"}, "marker": "", "reloader": ""}
+    svc["cfg"]["workloads"].append({"kind": "Deployment", "name": "worker"})
+    svc["step"] = "restart"
+    svc["ann"][R.MARKER] = MARK
+    (call,) = R.restart_calls(run, "restart")
+    assert [d["metadata"]["name"] for d in call["definitions"]] == ["worker"]
+    svc["cfg"]["workloads"].pop()
+    assert R.restart_calls(run, "restart") == []
+    assert svc_of(R.fold_restart(run, "restart", [], []))["step"] == "wait"
+
+
+def reloader_wait(rollback: bool = False, grace: int = 30) -> tuple[dict, dict]:
+    run = reloader_run()
+    svc = svc_of(run)
+    svc["step"] = "rb_wait" if rollback else "wait"
+    svc["cfg"]["reloader_grace"] = grace
+    svc["ann"].update({R.PROMOTED_AT: at(0), R.MARKER: f"rollback-{MARK}" if rollback else MARK,
+                       R.FAILED_MARKER: MARK if rollback else ""})
+    if rollback:
+        svc["ann"][R.ROLLED_BACK_AT] = at(100)
+    return svc, wait_request(run, svc["step"])
+
+
+@pytest.mark.parametrize(("pods", "stale"), [
+    ([pod("api-old", APP, "", created=-10)], ["api-old"]),
+    ([pod("api-reloaded", APP, "", created=5)], []),
+    ([pod("api-reloaded", APP, "", created=5, deleting=True)], ["api-reloaded"]),
+    ([pod("api-restarted-by-us", APP, MARK, created=40)], []),
+], ids=["from-before-the-change", "reloaded", "terminating", "restarted-after-the-grace"])
+def test_reloader_pods_are_judged_by_when_they_were_created(pods, stale):
+    svc, request = reloader_wait()
+    assert R.stale_pods(svc, pods, request["marker"], NOW) == stale
+    assert R.unlisted(svc, pods, stale) == []  # pods of a listed workload are no news
+
+
+@pytest.mark.parametrize(("rollback", "pods", "objects", "elapsed", "missed"), [
+    (False, [pod("api-old", APP, "", created=-10)], [reloader_deployment(AUTO)], 29, []),
+    (False, [pod("api-old", APP, "", created=-10)], [reloader_deployment(AUTO)], 30, ["api"]),
+    (False, [pod("api-old", APP, "", created=-10)], [deployment(updated=1)], 60, []),
+    (False, [pod("api-old", APP, "", created=-10, deleting=True)], [reloader_deployment(AUTO)], 60, []),
+    (False, [pod("api-new", APP, "", created=5)], [reloader_deployment(AUTO)], 60, []),
+    (True, [pod("api-forward", APP, "", created=50)], [reloader_deployment(AUTO)], 120, []),
+    (True, [pod("api-forward", APP, "", created=50)], [reloader_deployment(AUTO)], 130, ["api"]),
+    (True, [pod("api-back", APP, "", created=110)], [reloader_deployment(AUTO)], 200, []),
+], ids=["within-the-grace", "grace-passed", "rollout-in-progress", "only-terminating-left", "reloaded",
+        "rollback-within-the-grace", "rollback-grace-passed", "rollback-reloaded"])
+def test_reloader_missed(rollback, pods, objects, elapsed, missed):
+    svc, request = reloader_wait(rollback)
+    found = R.reloader_missed(svc, request, objects, pods, NOW + elapsed)
+    assert [w["name"] for w in found] == missed
+
+
+def test_reloader_missed_restarts_each_workload_once_and_never_a_restarted_one():
+    svc, request = reloader_wait()
+    request["workloads"][0]["restarted"] = True
+    assert R.reloader_missed(svc, request, [reloader_deployment(AUTO)], [pod("api-old", APP, created=-10)],
+                             NOW + 60) == []
+    plain_svc = restarted_svc()
+    plain_request = R.wait_requests({"services": {"h1": {**plain_svc, "step": "wait"}}}, "wait")[0]
+    assert R.reloader_missed(plain_svc, plain_request, [deployment()], [pod("api-old", APP, created=-10)],
+                             NOW + 600) == []
+
+
+def test_the_fallback_restart_is_the_restart_steps_patch():
+    svc, request = reloader_wait()
+    assert request["restart_marker"] == MARK and request["reloader_grace"] == 30
+    assert R.restart_definition("shop", request["workloads"][0], MARK) == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"template": {"metadata": {"annotations": {R.ROTATED_AT: MARK}}}}}
+
+
+def test_the_wait_names_the_pods_of_no_workload_it_waited_for():
+    run, _, _ = at_restart(rollout_timeout=100, drain_timeout=50)
+    run = svc_run_at(run, "wait")
+    job = pod("report-1-x7k", {"job": "report"}, reads="env", created=-10)
+    verdict = R.judge_workloads(wait_request(run), svc_of(run), [deployment()], [job, pod("api-old", APP)],
+                                NOW + 10, NOW)
+    assert verdict["unlisted"] == ["report-1-x7k"] and verdict["state"] == "waiting"
+    done = svc_of(R.fold_wait(run, "wait", {"h1": {"state": "done", "phase": "drain", "why": "",
+                                                   "unlisted": ["report-1-x7k"]}}))
+    assert done["step"] == "usage"
+    assert done["notes"] == [("waited for pod(s) report-1-x7k, which read the Secret but belong to no restarted "
+                             "workload, to end before deactivating the old credential")]
+    missed = svc_of(R.fold_wait(run, "wait", {"h1": {"state": "done", "phase": "drain", "why": "",
+                                                     "reloader_missed": ["Deployment shop/api"]}}))
+    assert missed["notes"][0].startswith("restarted Deployment shop/api itself: its Reloader annotation")
+
+
+def test_the_preview_says_reloader_restarts_it():
+    inp, read, _ = scenario()
+    read["workloads"][0]["object"] = reloader_deployment(AUTO)
+    run = R.start({"h1": inp}, RUN_ID, True)
+    run, _ = R.inspect(run, {"h1": read}, NOW)
+    run = R.inspect_more(R.decide(run, [user(days=3)], {}, NOW), {"h1": read})
+    run, diffs = R.preview(run, NOW)
+    assert "wait for Reloader to restart Deployment shop/api (restarting it after 30 s if it does not)" in \
+        svc_of(run)["message"]
+    (workload,) = [d for d in diffs if d["before_header"] == "Deployment shop/api"]
+    assert "unchanged: Reloader restarts it" in workload["after"]
+
+
+# -- auto --
+
+def test_workloads_auto_is_accepted_without_deployments():
+    assert R.check_inputs(inputs(workloads="auto", deployments=[])) == []
+    assert R.workloads_of(inputs(workloads="auto")) == ([], [])
+    cfg = svc_of(R.start({"h1": inputs(workloads="auto", deployments=[])}, RUN_ID))["cfg"]
+    assert cfg["auto_workloads"] is True and cfg["workloads"] == []
+    assert "credential_rotation_workloads must be a list of {kind, name} or auto" in \
+        R.check_inputs(inputs(workloads="everything"))[0]
+
+
+def test_found_workloads_are_the_kinds_whose_template_reads_the_secret():
+    sts = statefulset("db")
+    sts["spec"]["template"] = reads_template("volume")
+    ds = daemonset("agent")
+    ds["spec"]["template"] = reads_template(None)
+    listed = {"Deployment": [reloader_deployment(how="env", name="web"), reloader_deployment(how="envFrom", name="api"),
+                             reloader_deployment(how=None, name="other")],
+              "StatefulSet": [sts], "DaemonSet": [ds]}
+    found = R.found_workloads({"secret": "api"}, listed)
+    assert [(w["kind"], w["name"]) for w in found] == [("Deployment", "api"), ("Deployment", "web"),
+                                                        ("StatefulSet", "db")]
+
+
+def auto_run(read_over: dict) -> dict:
+    inp, read, _ = scenario(workloads="auto", deployments=[])
+    run = R.start({"h1": inp}, RUN_ID)
+    run, _ = R.inspect(run, {"h1": read}, NOW)
+    run = R.decide(run, [user(days=3)], {}, NOW)
+    assert R.check_requests(run)[0]["auto"] is True
+    return R.inspect_more(run, {"h1": {**read, **read_over}})
+
+
+def test_auto_restarts_what_it_found():
+    found = [{"kind": "Deployment", "name": "api", "object": deployment(), "error": ""}]
+    svc = svc_of(auto_run({"workloads": found}))
+    assert svc["step"] == "lock" and svc["cfg"]["workloads"] == [{"kind": "Deployment", "name": "api"}]
+    assert list(svc["workload_objects"]) == ["Deployment/api"]
+
+
+def test_auto_that_found_nothing_goes_on_and_says_so():
+    svc = svc_of(auto_run({"workloads": []}))
+    assert svc["step"] == "lock" and svc["cfg"]["workloads"] == []
+    assert svc["notes"] == [("no Deployment, StatefulSet or DaemonSet of namespace shop reads Secret api, so nothing "
+                            "was restarted")]
+
+
+def test_auto_that_cannot_list_fails_before_anything_changes():
+    svc = svc_of(auto_run({"workloads": [], "list_error": "StatefulSet: HTTP 403: forbidden"}))
+    assert (svc["step"], svc["status"]) == ("done", "failed")
+    assert "credential_rotation_workloads: auto needs" in svc["message"]
+
+
+def test_auto_refuses_an_ondelete_workload_it_found():
+    found = [{"kind": "DaemonSet", "name": "agent", "object": daemonset(strategy="OnDelete"), "error": ""}]
+    svc = svc_of(auto_run({"workloads": found}))
+    assert (svc["step"], svc["status"]) == ("done", "failed") and "OnDelete" in svc["message"]
