@@ -28,7 +28,7 @@ import yaml
 
 from tests.conftest import REPO, ansible_env, playbook_command
 from tests.sandbox.k8s.__main__ import kubeconfig_text
-from tests.sandbox.seed import Cluster, seed_service, wait_available
+from tests.sandbox.seed import WORKLOAD_PLURALS, Cluster, seed_service, wait_available
 
 ROTATE = "playbooks/rotate.yml"
 RBAC = REPO / "deploy" / "rbac.yml"
@@ -45,36 +45,56 @@ class Service:
     """One seeded service and the means to inspect it from the outside."""
 
     def __init__(self, sandbox: Any, tmp_path: Path, strategy: str = "restart", expires_in_days: int = 5,
-                 replicas: int = 2, host_vars: dict[str, Any] | None = None) -> None:
-        """A service due in ``expires_in_days``, named ``svc`` in the summary."""
+                 replicas: int = 2, host_vars: dict[str, Any] | None = None, kind: str = "Deployment",
+                 workload_spec: dict[str, Any] | None = None, emulator_dir: Path | None = None,
+                 context: str = "xapi-sandbox", namespace: str | None = None,
+                 system_user_name: str | None = None) -> None:
+        """A service due in ``expires_in_days``, named ``svc`` in the summary.
+
+        ``kind`` runs its pods from a StatefulSet or DaemonSet instead (listed in
+        credential_rotation_workloads, ``workload_spec`` merged over its spec); ``emulator_dir`` is
+        another emulator's state directory (a second cluster; its restricted kubeconfig then names
+        ``context``); ``namespace`` and ``system_user_name`` pick names instead of fresh ones.
+        """
         self.sandbox = sandbox
         # Unique across modules that import this one (pytest may load it twice) and across sessions.
-        self.namespace = f"rot{next(_names)}-{uuid.uuid4().hex[:6]}"
+        self.namespace = namespace or f"rot{next(_names)}-{uuid.uuid4().hex[:6]}"
         self.name = "svc"
         self.strategy = strategy
-        self.cluster = Cluster(sandbox.kubeconfig)
-        info = seed_service(sandbox.url, sandbox.admin_token, sandbox.kubeconfig, self.namespace, self.name,
+        self.kind = kind
+        self.emulator_dir = Path(emulator_dir) if emulator_dir else Path(sandbox.dir) / "k8s"
+        self.context = context
+        # Files in tmp_path: one namespace may hold a service in each cluster.
+        self._file_label = self.namespace if context == "xapi-sandbox" else f"{context}-{self.namespace}"
+        admin_kubeconfig = (sandbox.kubeconfig if emulator_dir is None
+                            else json.loads((self.emulator_dir / "ready.json").read_text())["kubeconfig"])
+        self.cluster = Cluster(admin_kubeconfig)
+        info = seed_service(sandbox.url, sandbox.admin_token, admin_kubeconfig, self.namespace, self.name,
                             replicas=replicas, expires_in_days=expires_in_days, strategy=strategy,
-                            platform_ca=sandbox.ca_path, reload_interval=1.0)
-        # Quicker pods than the emulator's defaults (set per pod template, so other tests keep theirs).
-        status, answer = self.cluster.request(
-            "PATCH", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}",
-            {"spec": {"template": {"metadata": {"annotations": FAST_PODS}}}}, "application/merge-patch+json")
-        assert status == 200, answer
-        wait_available(sandbox.kubeconfig, self.namespace, self.name)
+                            platform_ca=sandbox.ca_path, reload_interval=1.0, kind=kind, workload_spec=workload_spec,
+                            system_user_name=system_user_name,
+                            template_annotations=None if kind == "Deployment" else FAST_PODS)
+        if kind == "Deployment":
+            # Quicker pods than the emulator's defaults (set per pod template, so other tests keep theirs).
+            status, answer = self.cluster.request(
+                "PATCH", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}",
+                {"spec": {"template": {"metadata": {"annotations": FAST_PODS}}}}, "application/merge-patch+json")
+            assert status == 200, answer
+        wait_available(admin_kubeconfig, self.namespace, self.name, kind=kind)
         deadline = time.monotonic() + 30
         while any(p["terminating"] for p in self.pods()) and time.monotonic() < deadline:
             time.sleep(0.2)
         self.secret_name: str = info["secret"]
         self.original_id: str = info["system_user_id"]
         self.original_token = self.token()
-        self.prefix = f"{self.namespace}.{self.secret_name}"
+        self.prefix = (host_vars or {}).get("credential_rotation_name_prefix") or f"{self.namespace}.{self.secret_name}"
         self.kubeconfig = self._restricted_kubeconfig(tmp_path)
-        self.inventory = tmp_path / f"inventory-{self.namespace}.yml"
+        self.inventory = tmp_path / f"inventory-{self._file_label}.yml"
         variables = {
             "credential_rotation_namespace": self.namespace,
             "credential_rotation_secret_name": self.secret_name,
-            "credential_rotation_deployments": [self.name],
+            **({"credential_rotation_deployments": [self.name]} if kind == "Deployment" else
+               {"credential_rotation_workloads": [{"kind": kind, "name": self.name}]}),
             "credential_rotation_strategy": strategy,
             "credential_rotation_poll_interval": 1,
             "credential_rotation_rollout_timeout": 60,
@@ -96,6 +116,7 @@ class Service:
                     if "secrets" in rule["resources"] and "resourceNames" in rule:
                         rule["resourceNames"] = [self.secret_name, f"{self.secret_name}-rotation"]
                     elif "deployments" in rule["resources"]:
+                        rule["resources"] = [WORKLOAD_PLURALS[self.kind]]
                         rule["resourceNames"] = [self.name]
                 plural = "roles"
             else:
@@ -107,9 +128,10 @@ class Service:
         user = f"system:serviceaccount:{self.namespace}:credential-rotation"
         status, answer = self.cluster.request("POST", "/_sandbox/tokens", {"user": user})
         assert status == 201, answer
-        ready = json.loads((Path(self.sandbox.dir) / "k8s" / "ready.json").read_text())
-        path = tmp_path / f"kubeconfig-{self.namespace}"
-        path.write_text(kubeconfig_text(ready["url"], Path(ready["ca_file"]), answer["data"]["token"], self.namespace))
+        ready = json.loads((self.emulator_dir / "ready.json").read_text())
+        path = tmp_path / f"kubeconfig-{self._file_label}"
+        path.write_text(kubeconfig_text(ready["url"], Path(ready["ca_file"]), answer["data"]["token"], self.namespace,
+                                        self.context))
         return path
 
     # -- what the outside world sees ---------------------------------------------------------
@@ -136,6 +158,13 @@ class Service:
 
     def deployment(self) -> dict[str, Any]:
         path = f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.name}"
+        status, answer = self.cluster.request("GET", path)
+        assert status == 200, answer
+        return answer
+
+    def workload(self) -> dict[str, Any]:
+        """The Deployment, StatefulSet or DaemonSet that runs the pods."""
+        path = f"/apis/apps/v1/namespaces/{self.namespace}/{WORKLOAD_PLURALS[self.kind]}/{self.name}"
         status, answer = self.cluster.request("GET", path)
         assert status == 200, answer
         return answer
