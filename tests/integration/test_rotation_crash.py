@@ -2,7 +2,9 @@
 
 After the second run there must be exactly one active credential, the one the Secret references,
 the old one deactivated, no orphan left active, no rotation state in the Secret, and no request of
-the workload refused along the way. The scenarios run a few at a time, each on its own service.
+the workload refused along the way. The scenarios run a few at a time, each on its own service, a
+StatefulSet (one pod replaced at a time, in ordinal order); test_rotation_documented_only.py runs the
+same scenarios on a Deployment, so both kinds keep a crash at every boundary covered.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def resumed_cleanly(service: Service, result: Any, wanted: str, allow_expired_lo
     return problems
 
 
-def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | None:
+def _crash_then_resume(sandbox: Any, directory: Path, boundary: str, kind: str = "Deployment") -> str | None:
     directory.mkdir()
-    service = Service(sandbox, directory)
+    service = Service(sandbox, directory, kind=kind)
     service.rotate_until(boundary)
     # Run again at once, as an operator (or the next scheduled job) would.
     done = boundary == "Conclude the run"
@@ -70,7 +72,7 @@ def _crash_then_resume(sandbox: Any, directory: Path, boundary: str) -> str | No
 def test_a_crash_at_any_step_boundary_is_resumed_by_the_next_run(sandbox: Any, tmp_path: Path) -> None:
     # Five at a time: each scenario is mostly waiting (for pods, and for the dead run's lock to lapse).
     with ThreadPoolExecutor(max_workers=5) as pool:
-        futures = [pool.submit(_crash_then_resume, sandbox, tmp_path / f"crash{i}", boundary)
+        futures = [pool.submit(_crash_then_resume, sandbox, tmp_path / f"crash{i}", boundary, "StatefulSet")
                    for i, boundary in enumerate(BOUNDARIES)]
         failures = [message for future in futures if (message := future.result())]
     assert not failures, "\n".join(failures)
