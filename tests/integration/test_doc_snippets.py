@@ -36,9 +36,12 @@ sandbox state they leave), so run this file as a whole.
 
 Where they run
 --------------
-- README.md's "Quick start" section and the user guide's "Try it against the sandbox" run from a
-  throwaway copy of the repository checkout (tracked and untracked files, ``.venv`` linked), as a
-  clone would: ``make demo`` and the lines after it (``make test`` is left out: it runs this file).
+- README.md's "Quick start" section, the user guide's "Try it against the sandbox" and the AWX
+  page's "The execution environment" (``REPOSITORY_SECTIONS``) run from a throwaway copy of the
+  repository checkout (tracked and untracked files, ``.venv`` linked), as a clone would: ``make
+  demo`` and the lines after it (``make test`` is left out: it runs this file), ``ansible-galaxy
+  collection build`` (``ansible-builder build`` is left out: it needs podman or docker). ``PATH``
+  has ``.venv/bin`` only where the reader is meant to have Ansible's tools (the EE's build).
   The environment hands make ``SANDBOX_ARGS=--platform-port 0 --k8s-port 0`` (free ports instead of
   the fixed defaults, so a developer's own sandbox is never hit) and ``XAPI_SANDBOX_OWNER_PID``
   (the sandbox stops with this test run).
@@ -118,8 +121,12 @@ INVENTORY_FROM = {
     "docs/docsite/rst/guide_secret_state.rst": "docs/docsite/rst/guide_fleet.rst",
 }
 # Sections run from a copy of the repository checkout instead of an installed collection.
-REPOSITORY_SECTIONS = {("README.md", "Quick start"),
-                       ("docs/docsite/rst/guide_quickstart.rst", "Try it against the sandbox")}
+# The value says whether the reader has Ansible's tools on PATH: a clone's reader has only what
+# make puts into .venv and says .venv/bin/ where a tool of it is meant; the one who builds the
+# execution environment has ansible-galaxy and ansible-builder installed (here: .venv's).
+REPOSITORY_SECTIONS = {("README.md", "Quick start"): False,
+                       ("docs/docsite/rst/guide_quickstart.rst", "Try it against the sandbox"): False,
+                       ("docs/docsite/rst/guide_awx.rst", "The execution environment"): True}
 # Days left on the seeded credentials: due (threshold 7, or the fleet's 10) where the docs rotate,
 # weeks elsewhere (a due `reload` service would wait its 300 s reload interval).
 EXPIRES_IN_DAYS = {"payments-api-token": 5}
@@ -375,6 +382,14 @@ PLACEHOLDER_VARS = {
 }
 
 
+def _path(with_venv: bool) -> str:
+    """PATH without this repository's .venv/bin (however the test was started: make puts it there),
+    or with it first."""
+    entries = [e for e in os.environ.get("PATH", "").split(os.pathsep)
+               if e and Path(e).resolve() != VENV_BIN.resolve()]
+    return os.pathsep.join(([str(VENV_BIN)] if with_venv else []) + entries)
+
+
 def _base_env() -> dict[str, str]:
     """The environment of a fresh shell: nothing of Ansible's, the platform's, Kubernetes' or an outer make's."""
     return {k: v for k, v in os.environ.items()
@@ -501,7 +516,7 @@ class Session:
         self.cwd = self.workdir
         self.env = _base_env() | {
             "HOME": str(self.home),
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": _path(with_venv=True),
             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
             "XAPI_URL": self.sandbox.url, "XAPI_ADMIN_TOKEN": self.sandbox.admin_token,
             "KUBECONFIG": self.sandbox.kubeconfig or "",
@@ -657,7 +672,8 @@ def _run_commands(block: Block, session: Session) -> subprocess.CompletedProcess
     state.unlink(missing_ok=True)
     if block.context == "repository":
         session.enter_checkout()
-        env, cwd = session.repo_env, session.repo_cwd
+        env, cwd = dict(session.repo_env), session.repo_cwd
+        env["PATH"] = _path(with_venv=REPOSITORY_SECTIONS[(block.doc, block.section)])
     else:
         env, cwd = session.env, session.cwd
     result = _run(["bash", "-c", _script(block, session, state)], cwd=cwd, env=env,
