@@ -6,10 +6,16 @@
   ``KUBECONFIG``;
 - a missing Secret is reported without advice to create one;
 - no failure ends in "nothing to do" (nor says it), in rotate.yml, check_expiry.yml or the role.
+
+Two strict xfails stand for bugs reported to the role's owner: check_expiry.yml sends a Secret it
+cannot read to rotate.yml, and a lookup that fails (here a rejected admin token) is taken for an
+unknown credential, so a service with weeks left is rotated instead of failing with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -63,6 +69,11 @@ def _assert_no_nothing_to_do(result: subprocess.CompletedProcess) -> None:
         assert "nothing to do" not in sentence.lower(), sentence
 
 
+def _digest(service: Service) -> str:
+    """The Secret as a digest, so that a failed comparison shows no token, not even base64."""
+    return hashlib.sha256(json.dumps(service.secret(), sort_keys=True).encode()).hexdigest()
+
+
 @pytest.fixture
 def service(sandbox: Any, tmp_path: Path) -> Service:
     return Service(sandbox, tmp_path)
@@ -78,7 +89,7 @@ def test_missing_kubeconfig_and_missing_secret_say_what_is_missing(sandbox: Any,
     }
     hosts["nosecret"].pop("credential_rotation_kubeconfig", None)  # KUBECONFIG: the sandbox's admin, may read it
     inventory = _inventory(tmp_path, hosts)
-    before = service.secret()
+    before = _digest(service)
 
     for playbook in (ROTATE, CHECK_EXPIRY):
         result = _run(sandbox, playbook, inventory)
@@ -91,7 +102,7 @@ def test_missing_kubeconfig_and_missing_secret_say_what_is_missing(sandbox: Any,
         assert not CREATE_ADVICE.search(secret), (playbook, secret)
         _assert_no_nothing_to_do(result)
         assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token])
-    assert service.secret() == before
+    assert _digest(service) == before
 
 
 def test_missing_default_kubeconfig_is_named_by_its_path(sandbox: Any, service: Service, tmp_path: Path) -> None:
@@ -140,7 +151,7 @@ def test_an_interpreter_without_the_libraries_is_named_with_them(sandbox: Any, s
     playbook.write_text(yaml.safe_dump([{
         "name": "Rotate with the role", "hosts": "services", "connection": "local", "gather_facts": False,
         "roles": [{"role": "xapi.system_auth.credential_rotation"}]}], sort_keys=False))
-    before = service.secret()
+    before = _digest(service)
 
     result = _run(sandbox, playbook, inventory)
 
@@ -151,7 +162,7 @@ def test_an_interpreter_without_the_libraries_is_named_with_them(sandbox: Any, s
                       + re.escape(str(bare_python)), output)
     assert named, f"the missing library and the interpreter are not named:\n{output[-4000:]}"
     _assert_no_nothing_to_do(result)
-    assert service.secret() == before
+    assert _digest(service) == before
     assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token])
 
 
@@ -173,3 +184,28 @@ def test_check_expiry_sends_an_unreadable_secret_to_the_inventory_not_to_a_rotat
     failure = failures[0]
     assert "rotate.yml" not in failure, failure
     assert ".;" not in failure, failure
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bug reported to the lead: roles/credential_rotation/tasks/lookup.yml registers the lookup with "
+    "failed_when: false, so ansible-core 2.19 records failed: false, and _rotation_fold('lookup') "
+    "(plugins/filter/rotation.py) sees no error: every credential counts as unknown, hence due, and is rotated"))
+def test_a_lookup_that_fails_fails_its_service_and_rotates_nothing(sandbox: Any, tmp_path: Path) -> None:
+    service = Service(sandbox, tmp_path, expires_in_days=90)  # not due
+    inventory = _inventory(tmp_path, {"svc": _variables(service)})
+    before, users = _digest(service), service.identities()
+    fault = sandbox.api("POST", "/_sandbox/faults", json={
+        "method": "GET", "path": "/api/v1/system-users/*", "status": 401, "count": 1})  # the lookup by id
+    assert fault.status_code == 201, fault.status_code
+    try:
+        result = _run(sandbox, ROTATE, inventory)
+    finally:
+        sandbox.api("DELETE", "/_sandbox/faults")
+
+    summary = outcome(result, "svc")
+    assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token])
+    assert _digest(service) == before, f"the Secret of a service with 90 days left was changed: {summary}"
+    assert service.identities() == users, f"a credential was created for a service with 90 days left: {summary}"
+    assert summary.startswith("failed (Could not look up the credential"), summary
+    assert "the API token was rejected" in summary, summary
+    assert result.returncode != 0
