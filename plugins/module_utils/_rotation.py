@@ -268,7 +268,27 @@ def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False
         else:
             svc["cfg"] = config_of(inputs)
         services[host] = svc
+    _refuse_shared_prefixes(services)
     return {"run_id": run_id, "check_mode": bool(check_mode), "services": services}
+
+
+def _refuse_shared_prefixes(services: dict[str, dict]) -> None:
+    """Two services of a run with one name prefix (one Secret inventoried twice, or the same namespace
+    and Secret in two clusters) would record the same new name and sweep each other's credentials as
+    orphans: both fail before anything is read."""
+    by_prefix: dict[str, list[dict]] = {}
+    for svc in services.values():
+        if not svc["status"]:
+            by_prefix.setdefault(svc["cfg"]["name_prefix"], []).append(svc)
+    for prefix, group in by_prefix.items():
+        if len(group) < 2:
+            continue
+        for svc in group:
+            others = ", ".join(o["service"] for o in group if o is not svc)
+            svc.update(step="done", status="failed", cfg={}, message=(
+                f"credential_rotation_name_prefix {prefix!r} is also the name prefix of {others} in this run, so "
+                "their new credentials would share names and each sweep the other's as orphans; give each "
+                "service a prefix of its own (for one Secret in several clusters, add the cluster's name to it)."))
 
 
 # -- reading (the rotation_observe action reads, then inspect judges) ---------------------------

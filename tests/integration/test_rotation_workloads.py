@@ -432,10 +432,6 @@ def test_one_run_over_two_clusters_writes_each_service_in_its_own(
                     [t for s in services.values() for t in (s.original_token, s.token())])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two services of one run with the same name prefix (the default for one namespace and Secret in two "
-    "clusters) are not refused up front: they take their locks, record the same pending name, then both fail "
-    "at the create"))
 def test_one_namespace_and_secret_in_two_clusters_with_default_prefixes(
         sandbox: Any, second_cluster: Any, tmp_path: Path) -> None:  # noqa: F811
     # The same service deployed in two clusters, inventoried as operators would: nothing but the

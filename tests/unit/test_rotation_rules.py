@@ -2192,3 +2192,14 @@ def test_auto_refuses_an_ondelete_workload_it_found():
     found = [{"kind": "DaemonSet", "name": "agent", "object": daemonset(strategy="OnDelete"), "error": ""}]
     svc = svc_of(auto_run({"workloads": found}))
     assert (svc["step"], svc["status"]) == ("done", "failed") and "OnDelete" in svc["message"]
+
+
+def test_services_of_one_run_sharing_a_name_prefix_both_fail_before_anything_is_read():
+    run = R.start({"eu": inputs(kubeconfig="/k/eu"), "us": inputs(kubeconfig="/k/us"),
+                   "other": inputs(secret="web"), "own": inputs(kubeconfig="/k/us", name_prefix="shop.api-us")}, RUN_ID)
+    for host, other in (("eu", "shop/api"), ("us", "shop/api")):
+        svc = svc_of(run, host)
+        assert (svc["step"], svc["status"]) == ("done", "failed")
+        assert svc["message"].startswith(f"credential_rotation_name_prefix 'shop.api' is also the name prefix of "
+                                         f"{other} in this run")
+    assert [r["host"] for r in R.read_requests(run)] == ["other", "own"]
