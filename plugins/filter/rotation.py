@@ -94,14 +94,12 @@ def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) 
     if step == "read":
         return rules.inspect(run, (answer or {}).get("reads") or {}, now)[0]
     if step == "lookup":
-        by_token = {}
-        hosts = rules.lookup_token_hosts(run)
-        for host, item in zip(hosts, (extra or {}).get("results") or [], strict=False):
-            by_token[host] = item.get("system_user") or {}
         answer, extra = answer or {}, extra or {}
-        error = answer.get("msg", "") if answer.get("failed") and not answer.get("system_users") else ""
-        token_error = extra.get("msg", "") if extra.get("failed") and not extra.get("results") else ""
-        return rules.decide(run, answer.get("system_users") or [], by_token, now, error, token_error)
+        hosts = rules.lookup_token_hosts(run)
+        by_token = {host: rules.token_lookup(item) for host, item in zip(hosts, extra.get("results") or [],
+                                                                          strict=False)}
+        return rules.decide(run, answer.get("system_users") or [], by_token, now, rules.lookup_failure(answer),
+                            rules.lookup_failure(extra, "results"))
     if step == "check":
         return rules.inspect_more(run, (answer or {}).get("reads") or {})
     if step == "preview":

@@ -115,6 +115,8 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloa
 
 # The rules' one entry point: the filters, the action and the tests import from here.
 __all__ = [
+    "lookup_failure",
+    "token_lookup",
     "reloader_missed",
     "reloader_restarts",
     "restart_definition",
@@ -268,27 +270,25 @@ def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False
         else:
             svc["cfg"] = config_of(inputs)
         services[host] = svc
-    _refuse_shared_prefixes(services)
     return {"run_id": run_id, "check_mode": bool(check_mode), "services": services}
 
 
-def _refuse_shared_prefixes(services: dict[str, dict]) -> None:
-    """Two services of a run with one name prefix (one Secret inventoried twice, or the same namespace
-    and Secret in two clusters) would record the same new name and sweep each other's credentials as
-    orphans: both fail before anything is read."""
+def _refuse_shared_prefixes(services: list[dict]) -> None:
+    """Two services of a run that will change something with one name prefix (one Secret inventoried
+    twice, or the same namespace and Secret in two clusters) would record the same new name and sweep
+    each other's credentials as orphans: both fail, before anything changes."""
     by_prefix: dict[str, list[dict]] = {}
-    for svc in services.values():
-        if not svc["status"]:
-            by_prefix.setdefault(svc["cfg"]["name_prefix"], []).append(svc)
+    for svc in services:
+        by_prefix.setdefault(svc["cfg"]["name_prefix"], []).append(svc)
     for prefix, group in by_prefix.items():
         if len(group) < 2:
             continue
         for svc in group:
             others = ", ".join(o["service"] for o in group if o is not svc)
-            svc.update(step="done", status="failed", cfg={}, message=(
-                f"credential_rotation_name_prefix {prefix!r} is also the name prefix of {others} in this run, so "
-                "their new credentials would share names and each sweep the other's as orphans; give each "
-                "service a prefix of its own (for one Secret in several clusters, add the cluster's name to it)."))
+            _fail(svc, f"credential_rotation_name_prefix {prefix!r} is also the name prefix of {others} in this run, "
+                       "so their new credentials would share names and each sweep the other's as orphans; give "
+                       "each service a prefix of its own (for one Secret in several clusters, add the cluster's "
+                       "name to it).", "done")
 
 
 # -- reading (the rotation_observe action reads, then inspect judges) ---------------------------
@@ -474,6 +474,7 @@ def inspect_more(run: dict, reads: dict[str, dict]) -> dict:
                 svc.get("reloader_ann"))
             for w in read.get("workloads") or []}
         svc["step"] = "preview" if run["check_mode"] else "lock"
+    _refuse_shared_prefixes([svc for svc in run["services"].values() if svc["step"] in ("lock", "preview")])
     return run
 
 
@@ -517,6 +518,29 @@ def lookup_token_hosts(run: dict) -> list[str]:
     return [svc["host"] for svc in due(run, "lookup") if not svc["current_id"]]
 
 
+def lookup_failure(answer: dict, key: str = "system_users") -> str:
+    """Why a lookup failed as a whole, or ''. The role registers the lookups with ``failed_when: false``
+    (so that one unknown credential does not fail the run), which makes Ansible record ``failed: false``
+    even for a rejected admin token: a lookup that answered carries ``key``, one that failed does not.
+    """
+    if not answer or answer.get("skipped"):
+        return ""
+    if answer.get("failed") or key not in answer:
+        return str(answer.get("msg") or "the lookup gave no answer")
+    return ""
+
+
+def token_lookup(item: dict) -> dict:
+    """What a lookup by token says of one Secret's token: its user, {} when the platform refused the token
+    (401, 403, 404: the token is not accepted, the service is due), or {"error": why} when the platform
+    could not be asked (no answer, a server error), which fails the service instead of rotating it."""
+    if not item.get("failed"):
+        return item.get("system_user") or {}
+    if item.get("status") in (401, 403, 404):
+        return {}
+    return {"error": str(item.get("msg") or "the lookup by token failed")}
+
+
 def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float, error: str = "",
            token_error: str = "") -> dict:
     """Which step each service is due for, from what its Secret records and what the platform said.
@@ -529,7 +553,7 @@ def decide(run: dict, users: list[dict], by_token: dict[str, dict], now: float, 
     known = {u.get("id"): u for u in users or []}
     for svc in due(run, "lookup"):
         cfg = svc["cfg"]
-        failed = error if svc["current_id"] else token_error
+        failed = error if svc["current_id"] else (token_error or ((by_token or {}).get(svc["host"]) or {}).get("error"))
         if failed:
             _fail(svc, f"Could not look up the credential of {secret_ref(svc)} on the platform ({failed.rstrip('.')}); "
                        "nothing was changed.", "done")

@@ -198,12 +198,17 @@ def notify_hosts(run: dict) -> list[str]:
 
 
 def expiry_lines(run: dict) -> dict[str, dict]:
-    """check_expiry.yml's view of every service: {host: {days_remaining, credential_id, due, line}}."""
+    """check_expiry.yml's view of every service: {host: {days_remaining, credential_id, due, line, advice}}.
+
+    ``advice`` is what check_expiry.yml adds to a failure: a rotation for a due credential, nothing
+    for a service that could not be checked (its line already says what to correct; rotating cannot help).
+    """
     out = {}
     for svc in run["services"].values():
         if svc["status"] == "failed" and svc.get("days_remaining") is None:
             line = f"{svc['service']}: {svc['message']}"
-            out[svc["host"]] = {"days_remaining": None, "credential_id": "", "due": True, "line": line}
+            out[svc["host"]] = {"days_remaining": None, "credential_id": "", "due": True, "line": line,
+                                "advice": ""}
             continue
         is_due = bool(svc.get("due", True))
         text = svc.get("state_text") or svc["message"]
@@ -213,5 +218,6 @@ def expiry_lines(run: dict) -> dict[str, dict]:
         if svc["phase"]:
             line += f"; its Secret records a rotation in phase {svc['phase']}"
         out[svc["host"]] = {"days_remaining": svc["days_remaining"], "credential_id": svc["current_id"],
-                            "due": is_due, "line": line}
+                            "due": is_due, "line": line,
+                            "advice": "; run xapi.system_auth.rotate (playbooks/rotate.yml) for it" if is_due else ""}
     return out

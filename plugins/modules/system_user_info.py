@@ -273,6 +273,13 @@ results:
       type: str
       returned: when the item failed
       sample: "the API token was rejected: expired, deactivated or wrong."
+    status:
+      description:
+        - The HTTP status of the answer that refused the token (V(401) for a token the platform does
+          not accept), or V(null) when there was no answer (a timeout, a connection error).
+      type: int
+      returned: when the item failed
+      sample: 401
     system_user:
       description: The user the token belongs to (the same fields as an item of RV(system_users)).
       type: dict
@@ -390,8 +397,8 @@ def by_tokens(client: XapiClient, tokens: list[str], verify_access: bool, wait_t
     for token in tokens:
         outcome = outcomes[token]
         if isinstance(outcome, XapiError):
-            results.append({"failed": True, "msg": client.redact(outcome.msg), "access_verified": False,
-                            "token_fingerprint": fingerprint(token)})
+            results.append({"failed": True, "msg": client.redact(outcome.msg), "status": outcome.status,
+                            "access_verified": False, "token_fingerprint": fingerprint(token)})
             continue
         user = outcome["system_user"]
         users.setdefault(str(user.get("id")), user)

@@ -42,7 +42,7 @@ def test_reports_days_left_and_fails_only_when_one_is_under_the_threshold(sandbo
     assert f"{due_name}: {due.original_id}, 4 days left (rotate now: at or under the threshold of 7 days)" in text
     assert f"{fresh_name}: {fresh.original_id}, 29 days left" in text
     assert f"{fresh_name}: {fresh.original_id}, 29 days left (rotate now" not in text
-    assert "at or under the threshold of 7 days); run playbooks/rotate.yml." in text
+    assert "at or under the threshold of 7 days); run xapi.system_auth.rotate (playbooks/rotate.yml) for it" in text
     assert_no_token({"stdout": both.stdout, "stderr": both.stderr}, [due.original_token, fresh.original_token])
 
     only_fresh = _check([due, fresh], tmp_path, "--limit", fresh.namespace)

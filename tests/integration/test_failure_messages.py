@@ -6,10 +6,9 @@
   ``KUBECONFIG``;
 - a missing Secret is reported without advice to create one;
 - no failure ends in "nothing to do" (nor says it), in rotate.yml, check_expiry.yml or the role.
-
-Two strict xfails stand for bugs reported to the role's owner: check_expiry.yml sends a Secret it
-cannot read to rotate.yml, and a lookup that fails (here a rejected admin token) is taken for an
-unknown credential, so a service with weeks left is rotated instead of failing with the reason.
+- check_expiry.yml does not send a Secret it cannot read to rotate.yml;
+- a lookup that fails (here a rejected admin token) fails its service with the reason instead of
+  being taken for an unknown credential (which would rotate a service with weeks left).
 """
 
 from __future__ import annotations
@@ -161,15 +160,15 @@ def test_an_interpreter_without_the_libraries_is_named_with_them(sandbox: Any, s
     named = re.search(r"Failed to import the required Python library \((requests|kubernetes)\) on \S+'s Python "
                       + re.escape(str(bare_python)), output)
     assert named, f"the missing library and the interpreter are not named:\n{output[-4000:]}"
+    # ... in the service's own summary line, which the run still prints (nothing was changed).
+    summary = outcome(result, "svc")
+    assert summary.startswith("failed (Could not look up the credential"), summary
+    assert "Failed to import the required Python library (requests)" in summary, summary
     _assert_no_nothing_to_do(result)
     assert _digest(service) == before
     assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug reported to the lead: roles/credential_rotation/tasks/expiry.yml appends '; run playbooks/rotate.yml.' "
-    "to every failure line, also to a Secret that cannot be read (rotating cannot help) and after a line that "
-    "already ends with '.'"))
 def test_check_expiry_sends_an_unreadable_secret_to_the_inventory_not_to_a_rotation(
         sandbox: Any, service: Service, tmp_path: Path) -> None:
     variables = _variables(service, credential_rotation_secret_name="absent-token")
@@ -186,10 +185,6 @@ def test_check_expiry_sends_an_unreadable_secret_to_the_inventory_not_to_a_rotat
     assert ".;" not in failure, failure
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug reported to the lead: roles/credential_rotation/tasks/lookup.yml registers the lookup with "
-    "failed_when: false, so ansible-core 2.19 records failed: false, and _rotation_fold('lookup') "
-    "(plugins/filter/rotation.py) sees no error: every credential counts as unknown, hence due, and is rotated"))
 def test_a_lookup_that_fails_fails_its_service_and_rotates_nothing(sandbox: Any, tmp_path: Path) -> None:
     service = Service(sandbox, tmp_path, expires_in_days=90)  # not due
     inventory = _inventory(tmp_path, {"svc": _variables(service)})

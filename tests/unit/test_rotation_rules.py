@@ -665,6 +665,52 @@ def test_decide_a_failed_lookup_fails_its_services_and_changes_nothing(read_over
     assert "(HTTP 503: service unavailable)" in svc["message"] and "nothing was changed" in svc["message"]
 
 
+# What the role's lookup tasks register (failed_when: false makes Ansible record failed: false).
+LOOKED_UP = {"changed": False, "failed": False, "failed_when_result": False, "system_users": [], "missing_ids": []}
+REFUSED = {"changed": False, "failed": False, "failed_when_result": False,
+           "msg": "the API token was rejected: expired, deactivated or wrong."}
+
+
+@pytest.mark.parametrize(("answer", "key", "error"), [
+    ({}, "system_users", ""),
+    ({"skipped": True, "changed": False}, "system_users", ""),
+    (LOOKED_UP, "system_users", ""),
+    (REFUSED, "system_users", "the API token was rejected: expired, deactivated or wrong."),
+    ({**REFUSED, "failed": True}, "system_users", "the API token was rejected: expired, deactivated or wrong."),
+    ({"failed": False, "failed_when_result": False}, "system_users", "the lookup gave no answer"),
+    ({"failed": False, "results": []}, "results", ""),
+    ({"failed": False, "msg": "tokens[0] is empty"}, "results", "tokens[0] is empty"),
+], ids=["not-run", "skipped", "answered", "refused-under-failed_when", "refused", "no-answer", "tokens-answered",
+        "tokens-refused-as-a-whole"])
+def test_lookup_failure(answer, key, error):
+    assert R.lookup_failure(answer, key) == error
+
+
+@pytest.mark.parametrize(("item", "expected"), [
+    ({"failed": False, "system_user": {"id": OLD_ID}}, {"id": OLD_ID}),
+    ({"failed": True, "status": 401, "msg": "rejected"}, {}),
+    ({"failed": True, "status": 404, "msg": "unknown"}, {}),
+    ({"failed": True, "status": 503, "msg": "HTTP 503"}, {"error": "HTTP 503"}),
+    ({"failed": True, "status": None, "msg": "timed out"}, {"error": "timed out"}),
+], ids=["accepted", "not-accepted", "unknown", "server-error", "no-answer"])
+def test_token_lookup(item, expected):
+    assert R.token_lookup(item) == expected
+
+
+def test_a_lookup_that_failed_under_failed_when_false_is_no_unknown_credential():
+    # The bug this guards against: a rejected admin token read as "the platform does not know the
+    # credential", which made a service with 90 days left due, and rotated it.
+    run, _, _ = read_run()
+    svc = svc_of(R.decide(run, [], {}, NOW, R.lookup_failure(REFUSED)))
+    assert (svc["step"], svc["status"]) == ("done", "failed") and svc["action"] == "none"
+    assert "the API token was rejected" in svc["message"]
+    run, _, _ = read_run(read_over={"secret": secret_obj(ident=None)})
+    svc = svc_of(R.decide(run, [], {"h1": R.token_lookup({"failed": True, "status": 502, "msg": "HTTP 502"})}, NOW))
+    assert (svc["step"], svc["status"]) == ("done", "failed") and "(HTTP 502)" in svc["message"]
+    svc = svc_of(R.decide(run, [], {"h1": R.token_lookup({"failed": True, "status": 401, "msg": "rejected"})}, NOW))
+    assert svc["action"] == "rotate"  # a token the platform refuses is due
+
+
 def test_decide_in_check_mode_goes_to_preview():
     svc = svc_of(decided(check_mode=True)[0])
     assert (svc["step"], svc["action"]) == ("preview", "rotate")
@@ -1734,10 +1780,11 @@ def test_expiry_lines():
     lines = R.expiry_lines(run)
     assert lines["h1"] == {"days_remaining": 5, "credential_id": OLD_ID, "due": True,
                            "line": f"shop/api: {OLD_ID}, 5 days left (rotate now: at or under the threshold of 7 "
-                                   "days)"}
+                                   "days)", "advice": "; run xapi.system_auth.rotate (playbooks/rotate.yml) for it"}
     assert lines["h2"] == {"days_remaining": 40, "credential_id": "su_web", "due": False,
-                           "line": "shop/web: su_web, 40 days left"}
+                           "line": "shop/web: su_web, 40 days left", "advice": ""}
     assert lines["h3"]["due"] is True and lines["h3"]["line"].startswith("shop/gone: Secret shop/gone does not exist")
+    assert lines["h3"]["advice"] == ""  # rotating cannot help a Secret that cannot be read
     assert lines["h4"]["line"] == f"shop/mid: {NEW_ID}, 80 days left; its Secret records a rotation in phase promoted"
 
 
@@ -2194,12 +2241,22 @@ def test_auto_refuses_an_ondelete_workload_it_found():
     assert (svc["step"], svc["status"]) == ("done", "failed") and "OnDelete" in svc["message"]
 
 
-def test_services_of_one_run_sharing_a_name_prefix_both_fail_before_anything_is_read():
-    run = R.start({"eu": inputs(kubeconfig="/k/eu"), "us": inputs(kubeconfig="/k/us"),
-                   "other": inputs(secret="web"), "own": inputs(kubeconfig="/k/us", name_prefix="shop.api-us")}, RUN_ID)
-    for host, other in (("eu", "shop/api"), ("us", "shop/api")):
+def test_services_of_one_run_sharing_a_name_prefix_both_fail_before_anything_changes():
+    hosts = {"eu": inputs(kubeconfig="/k/eu"), "us": inputs(kubeconfig="/k/us"), "other": inputs(secret="web"),
+             "own": inputs(kubeconfig="/k/us", name_prefix="shop.api-us"),
+             "typo": inputs(kubeconfig="/k/ap", deployments=["apx"])}
+    reads = {}
+    for host in hosts:
+        _, reads[host], _ = scenario()
+    reads["other"]["secret"] = secret_obj(name="web")
+    reads["typo"]["workloads"] = [{"kind": "Deployment", "name": "apx", "object": None, "error": ""}]
+    run, _ = R.inspect(R.start(hosts, RUN_ID), reads, NOW)
+    run = R.inspect_more(R.decide(run, [user(days=3)], {}, NOW), reads)
+    for host in ("eu", "us"):
         svc = svc_of(run, host)
         assert (svc["step"], svc["status"]) == ("done", "failed")
-        assert svc["message"].startswith(f"credential_rotation_name_prefix 'shop.api' is also the name prefix of "
-                                         f"{other} in this run")
-    assert [r["host"] for r in R.read_requests(run)] == ["other", "own"]
+        assert svc["message"].startswith("credential_rotation_name_prefix 'shop.api' is also the name prefix of "
+                                         "shop/api in this run")
+    # A service that failed a check of its own keeps its own sentence and clashes with nobody.
+    assert "apx does not exist" in svc_of(run, "typo")["message"]
+    assert [svc["host"] for svc in R.due(run, "lock")] == ["other", "own"]
