@@ -50,8 +50,12 @@ sanity: venv
 docs: venv
 	bash hack/docs.sh
 
+# Two worker processes, a test file to each (its tests in order, its module fixtures shared); the
+# suite mostly waits on rollouts, so two halve it on two cores. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+
 pytest: venv system-deps
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
 
 bench: venv system-deps
 	bash hack/bench.sh
