@@ -459,3 +459,56 @@ def test_one_namespace_and_secret_in_two_clusters_with_default_prefixes(
             sentence = _failed_sentence(result, host)
             assert "credential_rotation_name_prefix" in sentence and _one_sentence(sentence), (host, sentence)
             _assert_untouched(service, before[host], host)
+
+
+def test_the_issue_inventory_rotates_in_one_run_and_the_second_changes_nothing(
+        sandbox: Any, second_cluster: Any, tmp_path: Path) -> None:  # noqa: F811
+    """Issue 13's "done when": Deployments, StatefulSets and DaemonSets in two clusters, one Secret
+    External Secrets owns and one Reloader-annotated workload (with a stand-in Reloader), in one run."""
+    from tests.integration.test_rotation_reloader import RELOADER, StandInReloader, _annotate
+
+    other = second_cluster.emulator_process.state_dir
+    specs = {
+        "deploy-reloaded": {},
+        "sts-one": {"kind": "StatefulSet", "replicas": 2},
+        "ds-two": {"kind": "DaemonSet", "emulator_dir": other, "context": "xapi-sandbox-2"},
+        "sts-two": {"kind": "StatefulSet", "replicas": 1, "emulator_dir": other, "context": "xapi-sandbox-2"},
+        "eso-owned": {"replicas": 1},
+    }
+    services = _seed(specs, sandbox, tmp_path)
+    _annotate(services["deploy-reloaded"], RELOADER)
+    _patch_secret(services["eso-owned"], {"ownerReferences": [ESO_OWNER]})
+    hosts = {host: _host_vars(s, host) for host, s in services.items()}
+    before = {host: _snapshot(s) for host, s in services.items()}
+    reloader = StandInReloader(services["deploy-reloaded"])
+    reloader.start()
+    try:
+        first = _run(sandbox, hosts, tmp_path, "issue-first")
+    finally:
+        reloader.stop.set()
+        reloader.join(5)
+    assert not reloader.error, reloader.error
+
+    assert first.returncode != 0  # the refused service fails the run
+    assert "is managed by ExternalSecret svc-token" in outcome(first, "eso-owned"), outcome(first, "eso-owned")
+    _assert_untouched(services["eso-owned"], before["eso-owned"], "eso-owned")
+    for host in ("deploy-reloaded", "sts-one", "ds-two", "sts-two"):
+        service = services[host]
+        assert outcome(first, host).startswith(f"rotated ({service.original_id} -> "), (host, outcome(first, host))
+        new_id = service.assert_rotated_cleanly(service.original_id)
+        service.assert_no_failed_requests(service.original_id, new_id)
+        # One rollout each: by the rotation, or for the annotated one by Reloader alone.
+        assert service.workload()["metadata"]["generation"] == before[host]["workload"][0] + 1, host
+    assert reloader.reloads == 1
+    assert "xapi.io/rotated-at" not in (services["deploy-reloaded"].workload()["spec"]["template"]["metadata"]
+                                        .get("annotations") or {})
+
+    rotated = {h: v for h, v in hosts.items() if h != "eso-owned"}
+    after = {host: _snapshot(services[host]) for host in rotated}
+    second = _run(sandbox, rotated, tmp_path, "issue-second")
+    assert second.returncode == 0, second.stdout[-3000:]
+    for host in rotated:
+        assert outcome(second, host).startswith("not due"), (host, outcome(second, host))
+        assert _snapshot(services[host]) == after[host], f"{host}: the second run changed something"
+    assert_no_token({"first": first.stdout + first.stderr, "second": second.stdout + second.stderr},
+                    [t for s in services.values() for t in (s.original_token, s.token())])
