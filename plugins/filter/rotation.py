@@ -96,8 +96,8 @@ def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) 
     if step == "lookup":
         answer, extra = answer or {}, extra or {}
         hosts = rules.lookup_token_hosts(run)
-        by_token = {host: rules.token_lookup(item) for host, item in zip(hosts, extra.get("results") or [],
-                                                                          strict=False)}
+        items = extra.get("results") or []
+        by_token = {host: rules.token_lookup(item) for host, item in zip(hosts, items, strict=False)}
         return rules.decide(run, answer.get("system_users") or [], by_token, now, rules.lookup_failure(answer),
                             rules.lookup_failure(extra, "results"))
     if step == "check":
