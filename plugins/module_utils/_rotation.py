@@ -274,16 +274,21 @@ def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False
 
 
 def _refuse_shared_prefixes(services: list[dict]) -> None:
-    """Two services of a run that will change something with one name prefix (one Secret inventoried
-    twice, or the same namespace and Secret in two clusters) would record the same new name and sweep
-    each other's credentials as orphans: both fail, before anything changes."""
+    """A service that will change something must not share its name prefix with another service of the
+    run (one Secret inventoried twice, or the same namespace and Secret in two clusters, which default
+    to one prefix): two acting ones would record the same new name, and either one's orphan sweep would
+    take the other's active credential (same name pattern, same description) for an orphan. The acting
+    ones fail, before anything changes; a service with nothing to do is left as it is."""
     by_prefix: dict[str, list[dict]] = {}
     for svc in services:
-        by_prefix.setdefault(svc["cfg"]["name_prefix"], []).append(svc)
+        if svc.get("cfg") and (svc["step"] in ("lock", "preview") or svc["status"] == "not due"):
+            by_prefix.setdefault(svc["cfg"]["name_prefix"], []).append(svc)
     for prefix, group in by_prefix.items():
         if len(group) < 2:
             continue
         for svc in group:
+            if svc["step"] not in ("lock", "preview"):
+                continue
             others = ", ".join(o["service"] for o in group if o is not svc)
             _fail(svc, f"credential_rotation_name_prefix {prefix!r} is also the name prefix of {others} in this run, "
                        "so their new credentials would share names and each sweep the other's as orphans; give "
@@ -474,7 +479,7 @@ def inspect_more(run: dict, reads: dict[str, dict]) -> dict:
                 svc.get("reloader_ann"))
             for w in read.get("workloads") or []}
         svc["step"] = "preview" if run["check_mode"] else "lock"
-    _refuse_shared_prefixes([svc for svc in run["services"].values() if svc["step"] in ("lock", "preview")])
+    _refuse_shared_prefixes(list(run["services"].values()))
     return run
 
 

@@ -2260,3 +2260,17 @@ def test_services_of_one_run_sharing_a_name_prefix_both_fail_before_anything_cha
     # A service that failed a check of its own keeps its own sentence and clashes with nobody.
     assert "apx does not exist" in svc_of(run, "typo")["message"]
     assert [svc["host"] for svc in R.due(run, "lock")] == ["other", "own"]
+
+
+def test_a_due_service_sharing_its_prefix_with_a_not_due_one_fails_and_the_other_is_left_alone():
+    # The same Secret in two clusters, only one due: its orphan sweep would deactivate the other
+    # cluster's active credential (same name pattern, same description).
+    hosts = {"eu": inputs(kubeconfig="/k/eu"), "us": inputs(kubeconfig="/k/us")}
+    reads = {host: scenario()[1] for host in hosts}
+    reads["us"]["secret"] = secret_obj(ident="su_us")
+    run, _ = R.inspect(R.start(hosts, RUN_ID), reads, NOW)
+    run = R.inspect_more(R.decide(run, [user(days=3), user("su_us", days=60)], {}, NOW), reads)
+    assert (svc_of(run, "eu")["status"], svc_of(run, "eu")["step"]) == ("failed", "done")
+    assert "is also the name prefix of shop/api in this run" in svc_of(run, "eu")["message"]
+    assert (svc_of(run, "us")["status"], svc_of(run, "us")["message"]) == ("not due", "60 days left")
+
