@@ -19,13 +19,44 @@ import re
 import time
 from typing import Any
 
+import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from ansible.template import Templar
 from ansible.utils.display import Display
 
 from ansible_collections.xapi.system_auth.plugins.module_utils import _rotation as rules
+from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
 
 display = Display()
 CONNECTION = ("api_url", "api_token", "ca_path", "validate_certs", "timeout", "retries")
+# The role's variables; credential_rotation_outcomes is what the role itself sets.
+_INPUT = re.compile(r"^credential_rotation_(?!outcomes?$|hosts$)[a-z_]+$")
+_SPECS: dict[str, dict] = {}
+
+
+def _templated(value: Any) -> bool:
+    """Whether a variable's value may hold a template (a string with a brace, at any depth)."""
+    if isinstance(value, str):
+        return "{" in value
+    if isinstance(value, dict):
+        return any(_templated(k) or _templated(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_templated(v) for v in value)
+    return False
+
+
+def _role_spec(task) -> dict:
+    """The options of the role's ``main`` entry point (``meta/argument_specs.yml``), read once."""
+    role = getattr(task, "_role", None)
+    path = os.path.join(getattr(role, "_role_path", "") or "", "meta", "argument_specs.yml")
+    if path not in _SPECS:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                _SPECS[path] = (yaml.safe_load(handle) or {})["argument_specs"]["main"]["options"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            _SPECS[path] = {}
+    return _SPECS[path]
 
 
 def _message(error: Exception) -> str:
@@ -53,7 +84,10 @@ class ActionModule(ActionBase):
         self._every = float(args.get("display_every", 15))
         self._lookup = self._shared_loader_obj.lookup_loader.get(
             "kubernetes.core.k8s", loader=self._loader, templar=self._templar)
-        if step == "read":
+        if step == "inputs":
+            result.update(self._inputs(task_vars or {}))
+            result["_ansible_no_log"] = True  # the variables hold the admin token and webhook URLs
+        elif step == "read":
             result["reads"] = self._read(run)
             result["_ansible_no_log"] = True  # the Secrets' data
         elif step == "check":
@@ -73,6 +107,62 @@ class ActionModule(ActionBase):
         else:
             result.update(failed=True, msg=f"rotation_observe: unknown step {step!r}")
         return result
+
+    # -- the services' variables ----------------------------------------------------------------
+
+    def _inputs(self, task_vars: dict) -> dict:
+        """Every play host's ``credential_rotation_*`` variables, as a task of the role sees them.
+
+        One task for the whole play instead of one per host: for each host, Ansible's variable
+        manager resolves the variables exactly as it does before it runs a task of this role for
+        that host (role defaults, inventory, play and role vars, role parameters, facts, extra
+        vars), and they are templated in that host's context. Each host's values are then checked
+        against the role's argument spec (``meta/argument_specs.yml``), as Ansible's own role
+        validation would, but a service whose values fail fails alone, with the sentence.
+        """
+        hostvars = task_vars.get("hostvars")
+        manager = getattr(hostvars, "_variable_manager", None)
+        inventory = getattr(hostvars, "_inventory", None)
+        if manager is None or inventory is None:
+            return {"failed": True, "msg": "rotation_observe step=inputs needs the hostvars of a play; "
+                                           "include the role in a play rather than calling this action."}
+        hosts = list(task_vars.get("ansible_play_hosts") or [])
+        batch = list(task_vars.get("ansible_play_batch") or hosts)
+        every = list(task_vars.get("ansible_play_hosts_all") or hosts)
+        play = self._task.get_play()
+        spec = _role_spec(self._task)
+        validator = ArgumentSpecValidator(spec) if spec else None
+        inputs: dict[str, dict] = {}
+        invalid: dict[str, str] = {}
+        for name in hosts:
+            host = inventory.get_host(name)
+            try:
+                variables = manager.get_vars(play=play, host=host, task=self._task, _hosts=batch, _hosts_all=every)
+            except TypeError:  # a variable manager without the host caches
+                variables = manager.get_vars(play=play, host=host, task=self._task)
+            templar = None
+            values: dict[str, Any] = {}
+            for key in variables:
+                if not _INPUT.match(key):
+                    continue
+                value = variables[key]
+                if not _templated(value):
+                    values[key] = value  # nothing to template: most values
+                    continue
+                try:
+                    templar = templar or Templar(loader=self._loader, variables=variables)
+                    values[key] = templar.template(value)
+                except Exception as error:  # an undefined variable or a broken template
+                    invalid.setdefault(name, f"{key} cannot be templated ({_message(error)}); correct it.")
+            inputs[name] = values
+            if validator and name not in invalid:
+                errors = validator.validate({k: v for k, v in values.items() if k in spec},
+                                            validate_role_argument_spec=True).error_messages
+                if errors:
+                    invalid[name] = spec_sentence(errors, values, {k for k, o in spec.items() if o.get("no_log")})
+        webhooks = {name: str(values.get("credential_rotation_failure_webhook_url") or "")
+                    for name, values in inputs.items()}
+        return {"inputs": inputs, "invalid": invalid, "webhooks": {k: v for k, v in webhooks.items() if v}}
 
     def _apply_task_environment(self) -> None:
         """The task's ``environment:`` (KUBECONFIG, K8S_AUTH_*, proxies) for the lookups, as modules get it.

@@ -42,9 +42,10 @@ def _guard(func):
 
 
 @_guard
-def _rotation_start(inputs_by_host: dict, run_id: str, check_mode: bool = False) -> dict:
+def _rotation_start(inputs_by_host: dict, run_id: str, check_mode: bool = False,
+                    invalid: dict | None = None) -> dict:
     """The run's state from every service's role variables."""
-    return rules.start(inputs_by_host, run_id, check_mode)
+    return rules.indexed(rules.start(inputs_by_host, run_id, check_mode, invalid))
 
 
 @_guard
@@ -90,6 +91,10 @@ def _rotation_due(run: dict, step: str) -> list:
 @_guard
 def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) -> dict:
     """The run's state after a step, from what the step's module answered."""
+    return rules.indexed(_fold(run, step, answer, extra))
+
+
+def _fold(run: dict, step: str, answer: Any, extra: Any) -> dict:
     now = time.time()
     if step == "read":
         return rules.inspect(run, (answer or {}).get("reads") or {}, now)[0]
@@ -159,6 +164,8 @@ def _rotation_report(run: dict, what: str) -> Any:
         return rules.outcomes(run)
     if what == "stats":
         return rules.stats(run)
+    if what == "summary":
+        return {"lines": rules.summary_lines(run), "stats": rules.stats(run)}
     if what == "notify":
         return rules.notify_hosts(run)
     if what == "audit":

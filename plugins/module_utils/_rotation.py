@@ -76,6 +76,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_base im
     compact,
     due,
     fingerprint,
+    indexed,
     new_name,
     parse_stamp,
     secret_ref,
@@ -115,6 +116,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloa
 
 # The rules' one entry point: the filters, the action and the tests import from here.
 __all__ = [
+    "indexed",
     "lookup_failure",
     "token_lookup",
     "reloader_missed",
@@ -235,8 +237,12 @@ __all__ = [
 ]
 
 
-def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False) -> dict:
+def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False,
+          invalid: dict[str, str] | None = None) -> dict:
     """The run's state: every service with its settings, or failed with the sentence its inputs earned.
+
+    ``invalid`` holds, per host, the sentence of a value the role's argument spec refused (a wrong
+    type, a value not among the choices); such a service fails with it before any other check.
 
     Services must share one platform connection (every step makes one call for all of them); a
     service whose connection settings differ from the first service's fails with a sentence.
@@ -256,7 +262,7 @@ def start(inputs_by_host: dict[str, dict], run_id: str, check_mode: bool = False
             "rv": "", "ann": {}, "current_id": "", "days_remaining": None, "new_id": "", "new_name": "",
             "new_fp": "", "to_deactivate": [], "clear": "", "error": "", "rollback_notes": [],
         }
-        errors = check_inputs(inputs)
+        errors = [invalid[host]] if (invalid or {}).get(host) else check_inputs(inputs)
         digest = connection_of(inputs)
         if connection is None:
             connection = digest

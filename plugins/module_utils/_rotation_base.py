@@ -145,6 +145,20 @@ def due(run: dict, step: str) -> list[dict]:
     return [svc for svc in run["services"].values() if svc["step"] == step]
 
 
+def indexed(run: dict) -> dict:
+    """The run with ``due_steps``, the steps at least one service is due for, in table order, and
+    ``statuses``, the outcomes some service has reached.
+
+    The role's tasks test ``step in run.due_steps`` to skip a step nobody is due for: a membership
+    test on a short list costs Ansible next to nothing, where handing the whole run (hundreds of
+    services) to a filter costs it a fifth of a second per task.
+    """
+    at = {svc["step"] for svc in run["services"].values()}
+    run["due_steps"] = [step for step in STEPS if step in at]
+    run["statuses"] = sorted({svc["status"] for svc in run["services"].values() if svc["status"]})
+    return run
+
+
 def clusters_of(services: list[dict]) -> list[tuple[dict, list[dict]]]:
     """Services grouped by cluster (kubeconfig, context), in first-seen order."""
     groups: dict[str, tuple[dict, list[dict]]] = {}

@@ -68,6 +68,38 @@ def workloads_of(inputs: dict) -> tuple[list[dict], list[str]]:
     return out, errors
 
 
+_WANT = {"bool": "true or false", "int": "a whole number", "float": "a number", "list": "a list",
+         "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
+_MISSING = re.compile(r"^missing required arguments: (.+)$")
+_TYPE = re.compile(r"^argument '([a-z_]+)' is of type \w+ and we were unable to convert to (\w+)")
+_CHOICE = re.compile(r"^value of ([a-z_]+) must be one of: (.+), got: (.*)$")
+
+
+def spec_sentence(messages: list[str], values: dict, secret: frozenset | set = frozenset()) -> str:
+    """The first of the argument spec validator's messages, as one sentence that says the fix.
+
+    ``secret`` names the variables whose values must never be shown (the spec's ``no_log`` ones).
+    """
+    if not messages:
+        return ""
+    message = str(messages[0]).strip()
+    found = _MISSING.match(message)
+    if found:
+        names = [n.strip() for n in found.group(1).split(",")]
+        verb, pronoun = ("is", "it") if len(names) == 1 else ("are", "them")
+        return f"{' and '.join(names)} {verb} not set; set {pronoun} in the service's variables."
+    found = _TYPE.match(message)
+    if found:
+        name, want = found.groups()
+        shown = "set but not valid" if name in secret else f"{values.get(name)!r}"
+        return f"{name} is {shown}; set it to {_WANT.get(want, 'a ' + want)}."
+    found = _CHOICE.match(message)
+    if found:
+        name, choices, got = found.groups()
+        return f"{name} is {got!r}; set it to one of {choices}."
+    return f"{message.rstrip('.')}; correct this variable."
+
+
 def check_inputs(inputs: dict) -> list[str]:
     """One sentence per input the argument spec cannot judge, naming the variable and the fix."""
     errors: list[str] = []

@@ -92,6 +92,15 @@ def test_a_fleet_with_mistakes_rotates_the_good_service_and_touches_none_of_the_
                   f"Secret {victim.namespace}/owned-token is managed by ExternalSecret svc-token"),
         "keys": ({"credential_rotation_secret_id_key": "token"},
                  "credential_rotation_secret_token_key and credential_rotation_secret_id_key are both"),
+        # What the role's argument spec refuses: the service fails alone, in the summary, with the fix.
+        "notbool": ({"credential_rotation_force": "maybe"},
+                    "credential_rotation_force is 'maybe'; set it to true or false."),
+        "choice": ({"credential_rotation_strategy": "rolling"},
+                   "credential_rotation_strategy is 'rolling'; set it to one of restart, reload."),
+        "notint": ({"credential_rotation_poll_interval": "soon"},
+                   "credential_rotation_poll_interval is 'soon'; set it to a whole number."),
+        "undefined": ({"credential_rotation_description": "{{ no_such_variable }}"},
+                      "credential_rotation_description cannot be templated"),
     }
     hosts = {"good": good_vars}
     for host, (change, _) in mistakes.items():

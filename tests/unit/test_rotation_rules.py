@@ -435,6 +435,63 @@ def test_start_fails_the_bad_services_and_the_good_ones_go_on_to_read():
     assert run["run_id"] == RUN_ID and run["check_mode"] is False
 
 
+SPEC = yaml.safe_load((REPO / "roles" / "credential_rotation" / "meta" / "argument_specs.yml").read_text())[
+    "argument_specs"]["main"]["options"]
+SECRET = {name for name, option in SPEC.items() if option.get("no_log")}
+
+# (id, variables over a good service's, the sentence): what the role's argument spec refuses, said
+# as the fix, and never showing a secret variable's value.
+SPEC_MISTAKES = [
+    ("bool", {"force": "maybe"}, f"{V}force is 'maybe'; set it to true or false."),
+    ("int", {"poll_interval": "soon"}, f"{V}poll_interval is 'soon'; set it to a whole number."),
+    ("choice", {"strategy": "rolling"}, f"{V}strategy is 'rolling'; set it to one of restart, reload."),
+    ("list", {"deployments": {"web": 1}}, f"{V}deployments is {{'web': 1}}; set it to a list."),
+    ("missing", {"namespace": None}, f"{V}namespace is not set; set it in the service's variables."),
+]
+
+
+@pytest.mark.parametrize(("over", "sentence"), [c[1:] for c in SPEC_MISTAKES], ids=[c[0] for c in SPEC_MISTAKES])
+def test_a_value_the_argument_spec_refuses_is_one_sentence_with_the_fix(over, sentence):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
+    values = {k: v for k, v in inputs(**over).items() if v is not None}
+    errors = ArgumentSpecValidator(SPEC).validate({k: v for k, v in values.items() if k in SPEC},
+                                                  validate_role_argument_spec=True).error_messages
+    assert spec_sentence(errors, values, SECRET) == sentence
+    run = R.start({"bad": values, "good": inputs(secret="web")}, RUN_ID, invalid={"bad": sentence})
+    assert (run["services"]["bad"]["status"], run["services"]["bad"]["message"]) == ("failed", sentence)
+    assert run["services"]["good"]["step"] == "read"
+
+
+def test_a_refused_secret_value_is_never_shown():
+    from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
+    message = f"argument '{V}api_token' is of type int and we were unable to convert to str: no"
+    sentence = spec_sentence([message], {f"{V}api_token": 123456789}, SECRET)
+    assert sentence == f"{V}api_token is set but not valid; set it to a string."
+    assert spec_sentence(["something else."], {}) == "something else; correct this variable."
+    assert spec_sentence([], {}) == ""
+
+
+def test_good_inputs_pass_the_argument_spec():
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    for _, over in GOOD_INPUTS:
+        values = inputs(**over)
+        assert not ArgumentSpecValidator(SPEC).validate({k: v for k, v in values.items() if k in SPEC},
+                                                        validate_role_argument_spec=True).error_messages, over
+
+
+def test_due_steps_name_exactly_the_steps_some_service_is_due_for():
+    from ansible_collections.xapi.system_auth.plugins.filter.rotation import _rotation_start
+    run = _rotation_start({"a": inputs(secret="api"), "b": inputs(rollout_timeout=-5, secret="billing")}, RUN_ID)
+    assert run["due_steps"] == ["read", "done"]
+    assert run["statuses"] == ["failed"]
+    run["services"]["a"]["step"] = "create"
+    R.indexed(run)
+    assert run["due_steps"] == ["create", "done"]
+    assert run["due_steps"] == [step for step in R.STEPS if R.due(run, step)]
+
+
 def test_start_fails_a_service_of_another_platform_connection():
     run = R.start({"a": inputs(api_url="https://xapi.one"), "b": inputs(secret="web", api_url="https://xapi.two"),
                    "c": inputs(secret="db", api_url="https://xapi.one", validate_certs="true")}, RUN_ID)
