@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.xapi.system_auth.plugins.module_utils import _rotation as rules
 from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
+from ansible_collections.xapi.system_auth.plugins.plugin_utils import _k8s_write as k8s_write
 
 display = Display()
 CONNECTION = ("api_url", "api_token", "ca_path", "validate_certs", "timeout", "retries")
@@ -71,7 +73,7 @@ def _message(error: Exception) -> str:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("step", "run", "display_every") + CONNECTION)
+    _VALID_ARGS = frozenset(("step", "run", "display_every", "calls", "state") + CONNECTION)
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -87,6 +89,19 @@ class ActionModule(ActionBase):
         if step == "inputs":
             result.update(self._inputs(task_vars or {}))
             result["_ansible_no_log"] = True  # the variables hold the admin token and webhook URLs
+        elif step in ("write", "restart") and self._task.check_mode:
+            result.update(skipped=True, msg="rotation_observe writes nothing in check mode")
+        elif step in ("write", "restart"):
+            # One kubernetes.core write per cluster, in this process; registered as a loop would be.
+            hidden = ["data", "metadata.managedFields"] if step == "write" else None
+            result["results"] = [dict(k8s_write.write(call["definitions"], call["cluster"],
+                                                      args.get("state") or "patched", hidden), item=call)
+                                 for call in args.get("calls") or []]
+            result["changed"] = any(r.get("changed") for r in result["results"])
+            if step == "write":
+                result["_ansible_no_log"] = True  # the definitions carry tokens
+                for entry in result["results"]:  # "results" is shown as a loop's, entry by entry
+                    entry["_ansible_no_log"] = True
         elif step == "read":
             result["reads"] = self._read(run)
             result["_ansible_no_log"] = True  # the Secrets' data
@@ -174,6 +189,12 @@ class ActionModule(ActionBase):
             values = self._templar.template(entry)
             if isinstance(values, dict):
                 os.environ.update({str(k): str(v) for k, v in values.items() if v is not None})
+        # The kubernetes library reads KUBECONFIG when it is imported, which happened in Ansible's
+        # main process (with this action, before any task environment): read it again here.
+        for name in ("kubernetes.config.kube_config", "kubernetes.config"):
+            loaded = sys.modules.get(name)
+            if loaded is not None and hasattr(loaded, "KUBE_CONFIG_DEFAULT_LOCATION"):
+                loaded.KUBE_CONFIG_DEFAULT_LOCATION = os.environ.get("KUBECONFIG", "~/.kube/config")
 
     @staticmethod
     def _kubeconfig_of(cluster: dict) -> str:
@@ -282,11 +303,7 @@ class ActionModule(ActionBase):
         for cluster, group in rules.clusters_of([services[h] for h in hosts]):
             now = time.time()
             definitions = [rules.secret_patch(svc, {}, None, run["run_id"], now) for svc in group]
-            args = {"state": "patched", "merge_type": "merge", "continue_on_error": True,
-                    "definition": definitions, "hidden_fields": ["data", "metadata.managedFields"]}
-            args.update({k: v for k, v in cluster.items() if v})
-            answer = self._execute_module(module_name="kubernetes.core.k8s", module_args=args,
-                                          task_vars=self._vars)
+            answer = k8s_write.write(definitions, cluster, "patched", ["data", "metadata.managedFields"])
             entries = rules._answers(answer, len(group))
             for svc, entry in zip(group, entries, strict=False):
                 metadata = ((entry or {}).get("result") or {}).get("metadata")
@@ -324,7 +341,9 @@ class ActionModule(ActionBase):
                 self._renew(run, waiting, verdicts)
                 waiting = [h for h in waiting if not verdicts.get(h, {}).get("conflict")]
                 last_renew = time.time()
-            time.sleep(min(services[h]["cfg"]["poll_interval"] for h in waiting) if waiting else 0)
+            if waiting:  # a poll every poll_interval, however long a round of reads took
+                interval = min(services[h]["cfg"]["poll_interval"] for h in waiting)
+                time.sleep(max(0.2, interval - (time.time() - now)))
         return verdicts
 
     # -- the waits --------------------------------------------------------------------------------
@@ -379,11 +398,9 @@ class ActionModule(ActionBase):
 
     def _restart(self, request: dict, workload: dict) -> str:
         """Restart one workload as the restart step does (the Secret's marker); '' or why it failed."""
-        args = {"state": "patched", "merge_type": "merge",
-                "definition": rules.restart_definition(request["namespace"], workload, request["restart_marker"])}
-        args.update({k: v for k, v in request["cluster"].items() if v})
-        answer = self._execute_module(module_name="kubernetes.core.k8s", module_args=args, task_vars=self._vars)
-        return (answer.get("msg") or "it failed") if answer.get("failed") else ""
+        definition = rules.restart_definition(request["namespace"], workload, request["restart_marker"])
+        entry = rules._answers(k8s_write.write([definition], request["cluster"]), 1)[0]
+        return "" if ((entry or {}).get("result") or {}).get("metadata") else rules._k8s_error(entry or {})[1]
 
     def _wait_usage(self, run: dict) -> dict[str, dict]:
         services = run["services"]

@@ -165,7 +165,8 @@ def _rotation_report(run: dict, what: str) -> Any:
     if what == "stats":
         return rules.stats(run)
     if what == "summary":
-        return {"lines": rules.summary_lines(run), "stats": rules.stats(run)}
+        return {"lines": rules.summary_lines(run), "stats": rules.stats(run),
+                "failed": [svc["host"] for svc in run["services"].values() if svc["status"] == "failed"]}
     if what == "notify":
         return rules.notify_hosts(run)
     if what == "audit":

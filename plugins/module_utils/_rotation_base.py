@@ -147,7 +147,8 @@ def due(run: dict, step: str) -> list[dict]:
 
 def indexed(run: dict) -> dict:
     """The run with ``due_steps``, the steps at least one service is due for, in table order, and
-    ``statuses``, the outcomes some service has reached.
+    ``statuses``, the outcomes some service has reached, and ``token_lookups``, how many services
+    due for the lookup have no credential id.
 
     The role's tasks test ``step in run.due_steps`` to skip a step nobody is due for: a membership
     test on a short list costs Ansible next to nothing, where handing the whole run (hundreds of
@@ -156,6 +157,9 @@ def indexed(run: dict) -> dict:
     at = {svc["step"] for svc in run["services"].values()}
     run["due_steps"] = [step for step in STEPS if step in at]
     run["statuses"] = sorted({svc["status"] for svc in run["services"].values() if svc["status"]})
+    # Secrets that hold no credential id are looked up by their token (a second lookup).
+    run["token_lookups"] = sum(1 for svc in run["services"].values()
+                               if svc["step"] == "lookup" and not svc["current_id"])
     return run
 
 

@@ -13,13 +13,20 @@ description:
   - B(Internal) to the role C(xapi.system_auth.credential_rotation); its arguments and results may
     change without notice. It is documented so that readers of the role know what its steps do.
   - Runs on the controller as an action plugin. It reads Kubernetes objects through the
-    C(kubernetes.core.k8s) lookup (no module process), asks the platform through
+    C(kubernetes.core.k8s) lookup and writes them with kubernetes.core's own code for
+    C(kubernetes.core.k8s) (no module process), asks the platform through
     M(xapi.system_auth.system_user_info) and health URLs through C(ansible.builtin.uri), and judges
     every answer with the rotation's rules (C(module_utils/_rotation.py)).
+  - O(step=inputs) resolves every play host's C(credential_rotation_*) variables as a task of the
+    role would see them on that host and checks them against the role's argument spec.
   - O(step=read) reads every due service's Secret (and its companion Secret when it records a
     rotation); a Secret whose rotation lock another live run holds is read again until that lock is
     released or lapses. O(step=check) reads the workloads (and companion) of the services that will
     change something.
+  - O(step=write) and O(step=restart) apply O(calls) (the Secrets' patches, the workloads' restart
+    patches) as C(kubernetes.core.k8s) with O(state), C(merge_type=merge) and
+    C(continue_on_error=true) would, one call per cluster, and return the module's answers as a
+    loop over O(calls) would register them.
   - O(step=wait) and O(step=rb_wait) wait for the rollouts by the rules of C(kubectl rollout status)
     and until no pod that reads the Secret may still hold the token being retired;
     O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
@@ -34,11 +41,23 @@ options:
     description: What to read or wait for.
     type: str
     required: true
-    choices: [read, check, wait, rb_wait, usage, health, preview]
+    choices: [inputs, read, check, write, restart, wait, rb_wait, usage, health, preview]
   run:
-    description: The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
+    description:
+      - The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
+      - Required by every step but O(step=inputs), O(step=write) and O(step=restart).
     type: dict
-    required: true
+  calls:
+    description:
+      - With O(step=write) or O(step=restart), what C(xapi.system_auth._rotation_requests) returned for the
+        step, C([{cluster, hosts, definitions}]).
+    type: list
+    elements: dict
+  state:
+    description: With O(step=write), C(patched), or C(present) to create a companion Secret that does not exist yet.
+    type: str
+    choices: [patched, present]
+    default: patched
   display_every:
     description: Seconds between two progress lines of a wait.
     type: float
@@ -48,7 +67,8 @@ attributes:
     description: Can run in check mode.
     support: full
     details:
-      - It only reads, except for renewing the run's own rotation locks during a wait, which check mode never reaches.
+      - It only reads, except for O(step=write) and O(step=restart), which change nothing in check mode, and the
+        renewal of the run's own rotation locks during a wait, which check mode never reaches.
   diff_mode:
     description: Returns details on what would change in diff mode.
     support: full
@@ -75,6 +95,24 @@ reads:
   description: With O(step=read), what was read per service (it holds the Secrets' data, so the result is hidden).
   returned: step is read
   type: dict
+inputs:
+  description: With O(step=inputs), every host's role variables (the result is hidden; they may hold the admin token).
+  returned: step is inputs
+  type: dict
+invalid:
+  description: With O(step=inputs), per host the sentence of a value the role's argument spec refused.
+  returned: step is inputs
+  type: dict
+webhooks:
+  description: With O(step=inputs), per host the failure webhook URL, for the hosts that set one (hidden).
+  returned: step is inputs
+  type: dict
+results:
+  description:
+    - With O(step=write) or O(step=restart), one C(kubernetes.core.k8s) answer per call, with the call as C(item).
+  returned: step is write or restart
+  type: list
+  elements: dict
 verdicts:
   description: With a waiting step, per service C(state) (done, failed or skipped), C(phase) and C(why).
   returned: step is wait, rb_wait, usage or health
@@ -88,8 +126,11 @@ def main() -> None:
     module = new_module(
         {
             "step": {"type": "str", "required": True,
-                     "choices": ["read", "check", "wait", "rb_wait", "usage", "health", "preview"]},
-            "run": {"type": "dict", "required": True},
+                     "choices": ["inputs", "read", "check", "write", "restart", "wait", "rb_wait", "usage",
+                                 "health", "preview"]},
+            "run": {"type": "dict"},
+            "calls": {"type": "list", "elements": "dict"},
+            "state": {"type": "str", "choices": ["patched", "present"], "default": "patched"},
             "display_every": {"type": "float", "default": 15},
         },
         supports_check_mode=True,

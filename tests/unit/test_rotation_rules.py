@@ -490,6 +490,10 @@ def test_due_steps_name_exactly_the_steps_some_service_is_due_for():
     R.indexed(run)
     assert run["due_steps"] == ["create", "done"]
     assert run["due_steps"] == [step for step in R.STEPS if R.due(run, step)]
+    run["services"]["a"].update(step="lookup", current_id="")
+    assert R.indexed(run)["token_lookups"] == len(R.lookup_token_hosts(run)) == 1
+    run["services"]["a"]["current_id"] = "su_1"
+    assert R.indexed(run)["token_lookups"] == len(R.lookup_token_hosts(run)) == 0
 
 
 def test_start_fails_a_service_of_another_platform_connection():
