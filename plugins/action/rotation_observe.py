@@ -4,9 +4,11 @@
 
 """The credential_rotation role's eyes: reads and waits for every service of a run, in this process.
 
-It reads through kubernetes.core's ``k8s`` lookup (a GET or a list each, no module process), asks
-the platform through this collection's ``system_user_info`` module and services' health URLs through
-``ansible.builtin.uri``, and judges every answer with the rules in ``module_utils/_rotation.py``. A
+It reads through kubernetes.core's ``k8s`` lookup (a GET or a list each, no module process), writes
+through kubernetes.core's own runner (``plugin_utils/_k8s_write.py``), calls the platform through
+this collection's modules' own code (``plugin_utils/_platform_call.py``), all in this process, asks
+services' health URLs through ``ansible.builtin.uri``, and judges every answer with the rules in
+``module_utils/_rotation.py``. A
 wait prints a progress line now and then instead of Ansible's ``FAILED - RETRYING`` and, while it
 lasts, keeps the run's rotation locks alive (a conditional write through ``kubernetes.core.k8s``
 every third of the lock's duration), so that a lock lapses only once its holder is gone.
@@ -26,9 +28,11 @@ from ansible.plugins.action import ActionBase
 from ansible.template import Templar
 from ansible.utils.display import Display
 
+from ansible_collections.xapi.system_auth.plugins.action.system_user import hide_secrets
 from ansible_collections.xapi.system_auth.plugins.module_utils import _rotation as rules
 from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
 from ansible_collections.xapi.system_auth.plugins.plugin_utils import _k8s_write as k8s_write
+from ansible_collections.xapi.system_auth.plugins.plugin_utils import _platform_call as platform
 
 display = Display()
 CONNECTION = ("api_url", "api_token", "ca_path", "validate_certs", "timeout", "retries")
@@ -73,7 +77,7 @@ def _message(error: Exception) -> str:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("step", "run", "display_every", "calls", "state") + CONNECTION)
+    _VALID_ARGS = frozenset(("step", "run", "display_every", "calls", "state", "module", "args") + CONNECTION)
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -89,6 +93,11 @@ class ActionModule(ActionBase):
         if step == "inputs":
             result.update(self._inputs(task_vars or {}))
             result["_ansible_no_log"] = True  # the variables hold the admin token and webhook URLs
+        elif step == "call":
+            # One of the collection's platform modules, its own code run here (plugin_utils/_platform_call).
+            answer = platform.call(str(args.get("module")), {**self._connection_args, **(args.get("args") or {})},
+                                   check_mode=bool(self._task.check_mode), diff=bool(self._task.diff))
+            result.update(hide_secrets(answer, bool(self._play_context.no_log)))
         elif step in ("write", "restart") and self._task.check_mode:
             result.update(skipped=True, msg="rotation_observe writes nothing in check mode")
         elif step in ("write", "restart"):
@@ -414,9 +423,7 @@ class ActionModule(ActionBase):
             svc = services[host]
             if polled["at"] < now - 0.5:
                 ids = [services[h]["current_id"] for h in hosts]
-                args = {"id": ids, **self._connection_args}
-                answer = self._execute_module(module_name="xapi.system_auth.system_user_info", module_args=args,
-                                              task_vars=self._vars)
+                answer = platform.call("system_user_info", {"id": ids, **self._connection_args})
                 polled["at"] = now
                 seen.clear()
                 seen.update({u.get("id"): u for u in answer.get("system_users") or []})

@@ -965,8 +965,8 @@ def new_module(argument_spec: dict[str, Any], **kwargs: Any) -> AnsibleModule:
     return module
 
 
-def client_from_module(module: AnsibleModule, *, pool_maxsize: int = 10, token_required: bool = True) -> XapiClient:
-    params = module.params
+def client_from_params(params: dict[str, Any], *, pool_maxsize: int = 10, token_required: bool = True) -> XapiClient:
+    """The client for a module's validated parameters (connection options and any tokens to redact)."""
     if token_required and not params.get("api_token"):
         raise XapiError(MISSING_TOKEN)
     return XapiClient(

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: rotation_observe
-short_description: Reads and waits for the services of a credential rotation (internal to the role)
+short_description: Reads, writes, calls and waits for the services of a credential rotation (internal to the role)
 version_added: 0.1.0
 description:
   - B(Internal) to the role C(xapi.system_auth.credential_rotation); its arguments and results may
     change without notice. It is documented so that readers of the role know what its steps do.
   - Runs on the controller as an action plugin. It reads Kubernetes objects through the
     C(kubernetes.core.k8s) lookup and writes them with kubernetes.core's own code for
-    C(kubernetes.core.k8s) (no module process), asks the platform through
-    M(xapi.system_auth.system_user_info) and health URLs through C(ansible.builtin.uri), and judges
-    every answer with the rotation's rules (C(module_utils/_rotation.py)).
+    C(kubernetes.core.k8s) (no module process), calls the platform with the code of this
+    collection's modules (no module process either), asks health URLs through
+    C(ansible.builtin.uri), and judges every answer with the rotation's rules
+    (C(module_utils/_rotation.py)).
   - O(step=inputs) resolves every play host's C(credential_rotation_*) variables as a task of the
     role would see them on that host and checks them against the role's argument spec.
   - O(step=read) reads every due service's Secret (and its companion Secret when it records a
@@ -27,6 +28,12 @@ description:
     patches) as C(kubernetes.core.k8s) with O(state), C(merge_type=merge) and
     C(continue_on_error=true) would, one call per cluster, and return the module's answers as a
     loop over O(calls) would register them.
+  - O(step=call) runs O(module) (M(xapi.system_auth.system_user), M(xapi.system_auth.system_user_info)
+    or M(xapi.system_auth.system_user_deactivate)) with O(args) and the connection options in this
+    process, as that module would run. Its argument spec checks O(args) with the same sentences, its
+    connection options fall back to the same environment variables, its C(no_log) values are masked
+    in the answer, and the answer is the module's (also a failed one). In check mode it runs the
+    module in check mode.
   - O(step=wait) and O(step=rb_wait) wait for the rollouts by the rules of C(kubectl rollout status)
     and until no pod that reads the Secret may still hold the token being retired;
     O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
@@ -41,11 +48,18 @@ options:
     description: What to read or wait for.
     type: str
     required: true
-    choices: [inputs, read, check, write, restart, wait, rb_wait, usage, health, preview]
+    choices: [inputs, read, check, write, restart, call, wait, rb_wait, usage, health, preview]
   run:
     description:
       - The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
-      - Required by every step but O(step=inputs), O(step=write) and O(step=restart).
+      - Required by every step but O(step=inputs), O(step=write), O(step=restart) and O(step=call).
+    type: dict
+  module:
+    description: With O(step=call), the platform module to run.
+    type: str
+    choices: [system_user, system_user_info, system_user_deactivate]
+  args:
+    description: With O(step=call), the module's arguments but the connection options.
     type: dict
   calls:
     description:
@@ -113,6 +127,10 @@ results:
   returned: step is write or restart
   type: list
   elements: dict
+changed:
+  description: With O(step=call), whether the module changed something; the rest of its answer is at the top too.
+  returned: always
+  type: bool
 verdicts:
   description: With a waiting step, per service C(state) (done, failed or skipped), C(phase) and C(why).
   returned: step is wait, rb_wait, usage or health
@@ -126,12 +144,14 @@ def main() -> None:
     module = new_module(
         {
             "step": {"type": "str", "required": True,
-                     "choices": ["inputs", "read", "check", "write", "restart", "wait", "rb_wait", "usage",
-                                 "health", "preview"]},
+                     "choices": ["inputs", "read", "check", "write", "restart", "call", "wait", "rb_wait",
+                                 "usage", "health", "preview"]},
             "run": {"type": "dict"},
             "calls": {"type": "list", "elements": "dict"},
             "state": {"type": "str", "choices": ["patched", "present"], "default": "patched"},
             "display_every": {"type": "float", "default": 15},
+            "module": {"type": "str", "choices": ["system_user", "system_user_info", "system_user_deactivate"]},
+            "args": {"type": "dict"},
         },
         supports_check_mode=True,
     )

@@ -372,7 +372,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     NoListRoute,
     XapiClient,
     XapiError,
-    client_from_module,
+    client_from_params,
     describe_user,
     fingerprint,
     format_time,
@@ -517,45 +517,41 @@ def with_capabilities(client: XapiClient, work: Callable[[], dict]) -> dict:
     return result
 
 
-def main() -> None:
-    module = new_module(
-        {
-            "name": {"type": "str"},
-            "users": {
-                "type": "list",
-                "elements": "dict",
-                "options": {
-                    "name": {"type": "str", "required": True},
-                    "description": {"type": "str"},
-                    "expires_in_days": {"type": "int", "default": 90},
-                },
-            },
+ARGUMENT_SPEC = {
+    "name": {"type": "str"},
+    "users": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "name": {"type": "str", "required": True},
             "description": {"type": "str"},
             "expires_in_days": {"type": "int", "default": 90},
-            "state": {"type": "str", "default": "present", "choices": ["present"]},
         },
-        mutually_exclusive=[("name", "users"), ("users", "description")],
-        required_one_of=[("name", "users")],
-        supports_check_mode=True,
-    )
-    params = module.params
+    },
+    "description": {"type": "str"},
+    "expires_in_days": {"type": "int", "default": 90},
+    "state": {"type": "str", "default": "present", "choices": ["present"]},
+}
+ARGUMENT_RULES = {
+    "mutually_exclusive": [("name", "users"), ("users", "description")],
+    "required_one_of": [("name", "users")],
+}
+
+
+def run(params: dict, check_mode: bool, diff: bool, warn: Callable[[str], None]) -> dict:
+    """The module's work for validated ``params`` (also run in the controller by the role's action)."""
     if params["users"] is None:
+        client = client_from_params(params)
+        return with_capabilities(client, lambda: ensure_present(client, params, check_mode, diff))
+    # Every item is checked before the first call: one bad item changes nothing.
+    items = validate_users(params["users"])
+    client = client_from_params(params, pool_maxsize=pool_size_for(len(items)))
+    return with_capabilities(client, lambda: ensure_all_present(client, items, check_mode, diff, warn))
 
-        def work_one() -> dict:
-            client = client_from_module(module)
-            return with_capabilities(client, lambda: ensure_present(client, params, module.check_mode, module._diff))
 
-        run_module(module, work_one)
-        return
-
-    def work() -> dict:
-        # Every item is checked before the first call: one bad item changes nothing.
-        items = validate_users(params["users"])
-        client = client_from_module(module, pool_maxsize=pool_size_for(len(items)))
-        return with_capabilities(client, lambda: ensure_all_present(client, items, module.check_mode,
-                                                                    module._diff, module.warn))
-
-    run_module(module, work)
+def main() -> None:
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+    run_module(module, lambda: run(module.params, module.check_mode, module._diff, module.warn))
 
 
 if __name__ == "__main__":

@@ -176,10 +176,12 @@ results:
         expired: false
 """
 
+from collections.abc import Callable
+
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     XapiClient,
     XapiError,
-    client_from_module,
+    client_from_params,
     describe_user,
     is_active,
     map_items,
@@ -257,29 +259,27 @@ def ensure_all_inactive(client: XapiClient, ids: list[str], missing_ok: bool, ch
     return result
 
 
-def main() -> None:
-    module = new_module(
-        {
-            "id": {"type": "str"},
-            "ids": {"type": "list", "elements": "str"},
-            "missing_ok": {"type": "bool", "default": False},
-        },
-        mutually_exclusive=[("id", "ids")],
-        required_one_of=[("id", "ids")],
-        supports_check_mode=True,
-    )
-    params = module.params
+ARGUMENT_SPEC = {
+    "id": {"type": "str"},
+    "ids": {"type": "list", "elements": "str"},
+    "missing_ok": {"type": "bool", "default": False},
+}
+ARGUMENT_RULES = {"mutually_exclusive": [("id", "ids")], "required_one_of": [("id", "ids")]}
+
+
+def run(params: dict, check_mode: bool, diff: bool, warn: Callable[[str], None]) -> dict:
+    """The module's work for validated ``params`` (also run in the controller by the role's action)."""
     if params["ids"] is None:
-        run_module(module, lambda: ensure_inactive(client_from_module(module), params, module.check_mode))
-        return
+        return ensure_inactive(client_from_params(params), params, check_mode)
+    # Every id is checked before the first call: one bad id changes nothing.
+    ids = validate_ids(params["ids"])
+    client = client_from_params(params, pool_maxsize=pool_size_for(len(ids)))
+    return ensure_all_inactive(client, ids, params["missing_ok"], check_mode)
 
-    def work() -> dict:
-        # Every id is checked before the first call: one bad id changes nothing.
-        ids = validate_ids(params["ids"])
-        client = client_from_module(module, pool_maxsize=pool_size_for(len(ids)))
-        return ensure_all_inactive(client, ids, params["missing_ok"], module.check_mode)
 
-    run_module(module, work)
+def main() -> None:
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+    run_module(module, lambda: run(module.params, module.check_mode, module._diff, module.warn))
 
 
 if __name__ == "__main__":

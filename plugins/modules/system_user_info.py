@@ -318,7 +318,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._api import (
     MAX_CONCURRENCY,
     XapiClient,
     XapiError,
-    client_from_module,
+    client_from_params,
     describe_user,
     fingerprint,
     map_items,
@@ -454,38 +454,40 @@ def with_capabilities(client: XapiClient, work: Callable[[], dict], probe: bool)
     return result
 
 
+ARGUMENT_SPEC = {
+    "id": {"type": "list", "elements": "str"},
+    "name": {"type": "str"},
+    "token": {"type": "str", "no_log": True},
+    "tokens": {"type": "list", "elements": "str", "no_log": True},
+    "active": {"type": "bool"},
+    "verify_access": {"type": "bool", "default": False},
+    "wait_timeout": {"type": "float", "default": 0},
+}
+ARGUMENT_RULES = {
+    "mutually_exclusive": [("id", "name", "token", "tokens"), ("active", "id"), ("active", "token"),
+                           ("active", "tokens")],
+}
+
+
+def run(params: dict, check_mode: bool, diff: bool, warn: Callable[[str], None]) -> dict:
+    """The module's work for validated ``params`` (also run in the controller by the role's action)."""
+    uses_token = params["token"] is not None or params["tokens"] is not None
+    if not uses_token and (params["verify_access"] or params["wait_timeout"]):
+        raise XapiError("verify_access and wait_timeout apply to token lookups only: also set token or tokens.")
+    if params["wait_timeout"] < 0:
+        raise XapiError(f"wait_timeout must be 0 or more seconds, got {params['wait_timeout']:g}.")
+    if params["tokens"] is not None:
+        validate_tokens(params["tokens"])
+    client = client_from_params(params, pool_maxsize=pool_size_for(len(params["id"] or params["tokens"] or ())),
+                                token_required=not uses_token)
+    # Only a lookup by id asks the list route on purpose (one small request): a name lookup or a
+    # listing has just asked it, and token lookups are a service's business, not an admin's.
+    return with_capabilities(client, lambda: lookup(client, params), probe=params["id"] is not None)
+
+
 def main() -> None:
-    module = new_module(
-        {
-            "id": {"type": "list", "elements": "str"},
-            "name": {"type": "str"},
-            "token": {"type": "str", "no_log": True},
-            "tokens": {"type": "list", "elements": "str", "no_log": True},
-            "active": {"type": "bool"},
-            "verify_access": {"type": "bool", "default": False},
-            "wait_timeout": {"type": "float", "default": 0},
-        },
-        mutually_exclusive=[("id", "name", "token", "tokens"), ("active", "id"), ("active", "token"),
-                            ("active", "tokens")],
-        supports_check_mode=True,
-    )
-    params = module.params
-
-    def work() -> dict:
-        uses_token = params["token"] is not None or params["tokens"] is not None
-        if not uses_token and (params["verify_access"] or params["wait_timeout"]):
-            raise XapiError("verify_access and wait_timeout apply to token lookups only: also set token or tokens.")
-        if params["wait_timeout"] < 0:
-            raise XapiError(f"wait_timeout must be 0 or more seconds, got {params['wait_timeout']:g}.")
-        if params["tokens"] is not None:
-            validate_tokens(params["tokens"])
-        client = client_from_module(module, pool_maxsize=pool_size_for(len(params["id"] or params["tokens"] or ())),
-                                    token_required=not uses_token)
-        # Only a lookup by id asks the list route on purpose (one small request): a name lookup or a
-        # listing has just asked it, and token lookups are a service's business, not an admin's.
-        return with_capabilities(client, lambda: lookup(client, params), probe=params["id"] is not None)
-
-    run_module(module, work)
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+    run_module(module, lambda: run(module.params, module.check_mode, module._diff, module.warn))
 
 
 if __name__ == "__main__":

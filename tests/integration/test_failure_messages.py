@@ -140,33 +140,24 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def test_an_interpreter_without_the_libraries_is_named_with_them(sandbox: Any, service: Service, tmp_path: Path,
-                                                                   bare_python: Path) -> None:
+def test_a_host_interpreter_without_the_libraries_still_rotates(sandbox: Any, service: Service, tmp_path: Path,
+                                                                 bare_python: Path) -> None:
     """The role in a playbook of one's own, on a host whose interpreter lacks the libraries (as when the
-    play forgets ``ansible_python_interpreter: "{{ ansible_playbook_python }}"``)."""
+    play forgets ``ansible_python_interpreter: "{{ ansible_playbook_python }}"``): every Kubernetes and
+    platform call runs in the controller's process, so the host's Python needs none of them."""
     variables = _variables(service, ansible_python_interpreter=str(bare_python))
     inventory = _inventory(tmp_path, {"svc": variables})
     playbook = tmp_path / "own.yml"
     playbook.write_text(yaml.safe_dump([{
         "name": "Rotate with the role", "hosts": "services", "connection": "local", "gather_facts": False,
         "roles": [{"role": "xapi.system_auth.credential_rotation"}]}], sort_keys=False))
-    before = _digest(service)
 
     result = _run(sandbox, playbook, inventory)
 
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
-    assert "Traceback" not in result.stdout, result.stdout[-3000:]
-    named = re.search(r"Failed to import the required Python library \((requests|kubernetes)\) on \S+'s Python "
-                      + re.escape(str(bare_python)), output)
-    assert named, f"the missing library and the interpreter are not named:\n{output[-4000:]}"
-    # ... in the service's own summary line, which the run still prints (nothing was changed).
-    summary = outcome(result, "svc")
-    assert summary.startswith("failed (Could not look up the credential"), summary
-    assert "Failed to import the required Python library (requests)" in summary, summary
-    _assert_no_nothing_to_do(result)
-    assert _digest(service) == before
-    assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert outcome(result, "svc").startswith("rotated"), outcome(result, "svc")
+    service.assert_rotated_cleanly(service.original_id)
+    assert_no_token({"stdout": result.stdout, "stderr": result.stderr}, [service.original_token, service.token()])
 
 
 def test_check_expiry_sends_an_unreadable_secret_to_the_inventory_not_to_a_rotation(

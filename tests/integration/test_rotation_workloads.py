@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -289,21 +292,38 @@ def unlisted_job(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Simp
     status, answer = service.cluster.request("POST", f"/apis/batch/v1/namespaces/{service.namespace}/cronjobs",
                                              cronjob)
     assert status == 201, answer
+    # The create is answered 3 s late, so that the run is still inside it (before the promotion) when
+    # the test, reading its output through a pipe, stops it below: reading the header is not instant.
+    fault = sandbox.api("POST", "/_sandbox/faults", json={
+        "method": "POST", "path": "/api/v1/system-users", "latency": 3.0, "count": 1})
+    assert fault.status_code == 201, fault.status_code
     observer = _Observer(service)
     observer.start()
     lines, job = [], None
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(service.command(), cwd=REPO, env=service.env(), stdout=subprocess.PIPE,
-                                   stderr=stderr, text=True)
+                                   stderr=stderr, text=True, start_new_session=True)
         try:
             assert process.stdout is not None
             for line in process.stdout:
                 lines.append(line)
                 if job is None and "TASK [xapi.system_auth.credential_rotation : Create the new system users]" in line:
-                    # What the schedule would do now: the CronJob makes its Job, whose pod reads the old token.
-                    status, job = service.cluster.request("POST", "/_sandbox/cronjobs/run",
-                                                          {"namespace": service.namespace, "name": "nightly-report"})
-                    assert status == 201, job
+                    # What the schedule would do now: the CronJob makes its Job, whose pod reads the old
+                    # token. The run is held (SIGSTOP, inside its delayed create) until that pod has
+                    # started: the steps up to the promotion take less than a pod's start, and the
+                    # scenario needs the pod first.
+                    os.killpg(process.pid, signal.SIGSTOP)
+                    try:
+                        status, job = service.cluster.request("POST", "/_sandbox/cronjobs/run",
+                                                              {"namespace": service.namespace,
+                                                               "name": "nightly-report"})
+                        assert status == 201, job
+                        deadline = time.monotonic() + 30
+                        while not ((pod := _job_pod(service.pods())) and pod["token_fingerprint"]):
+                            assert time.monotonic() < deadline, "the Job's pod never started"
+                            time.sleep(0.1)
+                    finally:
+                        os.killpg(process.pid, signal.SIGCONT)
             process.wait(600)
         finally:
             if process.poll() is None:
@@ -311,6 +331,7 @@ def unlisted_job(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Simp
                 process.wait(30)
             observer.stop.set()
             observer.join(10)
+            sandbox.api("DELETE", "/_sandbox/faults")
         stderr.seek(0)
         result = subprocess.CompletedProcess(process.args, process.returncode, "".join(lines), stderr.read())
     assert job is not None, "the run never reached the create step:\n" + result.stdout[-3000:]

@@ -80,9 +80,13 @@ def witness(api: Any) -> TokenWitness:
     return w
 
 
-@pytest.fixture
-def run_module(api: Any, witness: TokenWitness) -> Callable[..., ModuleRun]:
+@pytest.fixture(params=["module-process", "in-process"])
+def run_module(api: Any, witness: TokenWitness, request: pytest.FixtureRequest) -> Callable[..., ModuleRun]:
     """Run a module of the collection as Ansible does: a Python process given its arguments as JSON.
+
+    Every test that uses it runs twice: once so, and once with the module's code run as the
+    credential_rotation role runs it (``plugins/plugin_utils/_platform_call.py``, which its
+    rotation_observe action calls), in a process of its own; both must answer the same.
 
     The connection comes from XAPI_URL/XAPI_TOKEN (as an operator's shell would give it) unless
     ``env`` replaces them. Every run is checked for leaked tokens, except the one ``token`` value a
@@ -90,17 +94,23 @@ def run_module(api: Any, witness: TokenWitness) -> Callable[..., ModuleRun]:
     """
 
     def run(module: str, args: dict[str, Any] | None = None, *, check: bool = False, diff: bool = False,
-            env: dict[str, str] | None = None, connection: bool = True, timeout: float = 120) -> ModuleRun:
+            env: dict[str, str] | None = None, connection: bool = True, timeout: float = 120,
+            in_process: bool = request.param == "in-process") -> ModuleRun:
         module_args = dict(args or {})
-        module_args["_ansible_check_mode"] = check
-        module_args["_ansible_diff"] = diff
         base = {"XAPI_URL": api.url, "XAPI_TOKEN": api.admin_token} if connection else {}
         base.update(env or {})
-        proc = subprocess.run(
-            [sys.executable, "-m", f"{MODULE_PACKAGE}.{module}"],
-            input=json.dumps({"ANSIBLE_MODULE_ARGS": module_args}),
-            capture_output=True, text=True, cwd=REPO, env=clean_env(base), timeout=timeout, check=False,
-        )
+        if in_process:  # as the role's rotation_observe action calls it (tests/unit/in_process.py)
+            command = [sys.executable, "-m", "tests.unit.in_process"]
+            stdin = json.dumps({"module": module, "args": module_args, "check": check, "diff": diff})
+        else:
+            module_args["_ansible_check_mode"] = check
+            module_args["_ansible_diff"] = diff
+            command = [sys.executable, "-m", f"{MODULE_PACKAGE}.{module}"]
+            stdin = json.dumps({"ANSIBLE_MODULE_ARGS": module_args})
+        environment = clean_env(base)
+        environment["PYTHONPATH"] += os.pathsep + str(REPO)
+        proc = subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=REPO, env=environment,
+                              timeout=timeout, check=False)
         try:
             result = json.loads(proc.stdout)
         except ValueError:

@@ -23,6 +23,8 @@ from ansible_collections.xapi.system_auth.plugins.action.system_user import carr
 from tests.unit.helpers import REPO
 
 CREATING_MODULES = {"xapi.system_auth.system_user", "system_user"}
+# The role runs the module's code in-process: rotation_observe with step call, module system_user.
+CALLING_ACTIONS = {"xapi.system_auth.rotation_observe", "rotation_observe"}
 SEARCHED = ["roles", "playbooks", "extensions", "docs", "benchmarks", "hack"]
 BLOCK_KEYS = ("block", "rescue", "always")
 
@@ -70,10 +72,18 @@ def _tasks(node: Any, inherited_no_log: bool = False) -> Iterator[tuple[dict[str
     yield node, no_log
 
 
+def _creates(task: dict[str, Any]) -> bool:
+    """Whether the task runs system_user, as a module or through the role's action."""
+    if CREATING_MODULES & set(task):
+        return True
+    return any(isinstance(task.get(action), dict) and task[action].get("step") == "call"
+               and task[action].get("module") == "system_user" for action in CALLING_ACTIONS)
+
+
 def _offenders(document: Any) -> list[str]:
     found = []
     for task, no_log in _tasks(document):
-        if CREATING_MODULES & set(task) and not no_log:
+        if _creates(task) and not no_log:
             found.append(task.get("name", "(unnamed task)"))
     return found
 
@@ -97,8 +107,12 @@ def test_the_guard_sees_tasks_and_catches_a_missing_no_log() -> None:
         - name: hidden by its block
           xapi.system_auth.system_user: {name: z}
       no_log: true
+    - name: leaks through the action
+      xapi.system_auth.rotation_observe: {step: call, module: system_user, args: {users: []}}
+    - name: looks up only
+      xapi.system_auth.rotation_observe: {step: call, module: system_user_info, args: {id: [a]}}
 """, Loader=_Loader)
-    assert _offenders(bad) == ["leaks"]
+    assert _offenders(bad) == ["leaks", "leaks through the action"]
 
 
 def test_the_guard_finds_the_creating_tasks_it_must_check() -> None:
@@ -107,7 +121,7 @@ def test_the_guard_finds_the_creating_tasks_it_must_check() -> None:
         for where, text in _sources()
         for document in yaml.load_all(text, Loader=_Loader)
         for task, _no_log in _tasks(document)
-        if CREATING_MODULES & set(task)
+        if _creates(task)
     ]
     assert creating.count("plugins/modules/system_user.py EXAMPLES") == 3
     assert any(where.startswith("roles/") for where in creating), "the rotation role creates credentials"
