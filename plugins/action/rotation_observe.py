@@ -4,14 +4,15 @@
 
 """The credential_rotation role's eyes: reads and waits for every service of a run, in this process.
 
-It reads through kubernetes.core's ``k8s`` lookup (a GET or a list each, no module process), writes
-through kubernetes.core's own runner (``plugin_utils/_k8s_write.py``), calls the platform through
-this collection's modules' own code (``plugin_utils/_platform_call.py``), all in this process, asks
-services' health URLs through ``ansible.builtin.uri``, and judges every answer with the rules in
-``module_utils/_rotation.py``. A
-wait prints a progress line now and then instead of Ansible's ``FAILED - RETRYING`` and, while it
-lasts, keeps the run's rotation locks alive (a conditional write through ``kubernetes.core.k8s``
-every third of the lock's duration), so that a lock lapses only once its holder is gone.
+It reads and writes through kubernetes.core's own code (the ``k8s`` lookup's steps for a GET or a
+list, the ``k8s`` module's runner for a write, one client per cluster: ``plugin_utils/_k8s.py``),
+calls the platform through this collection's modules' own code (``plugin_utils/_platform_call.py``),
+all in this process, asks services' health URLs through ``ansible.builtin.uri``, and judges every
+answer with the rules in ``module_utils/_rotation.py``. A wait prints a progress line now and then
+instead of Ansible's ``FAILED - RETRYING`` and, while it lasts, keeps the run's rotation locks alive
+(a conditional write through ``kubernetes.core.k8s`` every third of the lock's duration), so that a
+lock lapses only once its holder is gone. While only old pods are left, it watches their namespace
+so that the wait ends when they are gone rather than at the next poll.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ansible.utils.display import Display
 from ansible_collections.xapi.system_auth.plugins.action.system_user import hide_secrets
 from ansible_collections.xapi.system_auth.plugins.module_utils import _rotation as rules
 from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import spec_sentence
-from ansible_collections.xapi.system_auth.plugins.plugin_utils import _k8s_write as k8s_write
+from ansible_collections.xapi.system_auth.plugins.plugin_utils import _k8s as k8s
 from ansible_collections.xapi.system_auth.plugins.plugin_utils import _platform_call as platform
 
 display = Display()
@@ -75,6 +76,23 @@ def _message(error: Exception) -> str:
     return f"HTTP {status}: {first}" if status and str(status) not in first else first
 
 
+# How many namespaces a wait watches at once while old pods terminate (see _poll).
+_WATCHES = 6
+
+
+def _slim(answer: dict) -> dict:
+    """A write's answer with each object cut to its metadata, all the folds read: the whole objects
+    (a Deployment's spec and status, twenty times over) would only be carried from task to task."""
+    for entry in (answer.get("result") or {}).get("results") or []:
+        obj = entry.get("result")
+        if isinstance(obj, dict) and obj.get("metadata"):
+            metadata = obj["metadata"]
+            entry["result"] = {"kind": obj.get("kind"), "metadata": {
+                k: metadata[k] for k in ("name", "namespace", "resourceVersion", "generation", "annotations")
+                if k in metadata}}
+    return answer
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("step", "run", "display_every", "calls", "state", "module", "args") + CONNECTION)
@@ -85,11 +103,10 @@ class ActionModule(ActionBase):
         self._apply_task_environment()
         args = self._task.args
         step = args.get("step")
-        run = args.get("run") or {}
+        run = rules.unpack(args.get("run")) or {}
         self._connection_args = {k: args[k] for k in CONNECTION if args.get(k) not in (None, "")}
         self._every = float(args.get("display_every", 15))
-        self._lookup = self._shared_loader_obj.lookup_loader.get(
-            "kubernetes.core.k8s", loader=self._loader, templar=self._templar)
+        self._drains: dict[str, tuple] = {}  # host: what to watch while its old pods go
         if step == "inputs":
             result.update(self._inputs(task_vars or {}))
             result["_ansible_no_log"] = True  # the variables hold the admin token and webhook URLs
@@ -103,8 +120,8 @@ class ActionModule(ActionBase):
         elif step in ("write", "restart"):
             # One kubernetes.core write per cluster, in this process; registered as a loop would be.
             hidden = ["data", "metadata.managedFields"] if step == "write" else None
-            result["results"] = [dict(k8s_write.write(call["definitions"], call["cluster"],
-                                                      args.get("state") or "patched", hidden), item=call)
+            result["results"] = [dict(_slim(k8s.write(call["definitions"], call["cluster"],
+                                                      args.get("state") or "patched", hidden)), item=call)
                                  for call in args.get("calls") or []]
             result["changed"] = any(r.get("changed") for r in result["results"])
             if step == "write":
@@ -219,20 +236,14 @@ class ActionModule(ActionBase):
     # -- kubernetes, through kubernetes.core -----------------------------------------------------
 
     def _get(self, cluster: dict, kind: str, namespace: str, name: str | None = None,
-             api_version: str = "v1") -> tuple[Any, str]:
+             api_version: str = "v1", versions: dict | None = None) -> tuple[Any, str]:
         """(object, list of objects or None when absent; error sentence or '')."""
-        kwargs = {"api_version": api_version, "kind": kind, "namespace": namespace}
-        if name:
-            kwargs["resource_name"] = name
-        for key in ("kubeconfig", "context"):
-            if cluster.get(key):
-                kwargs[key] = cluster[key]
         try:
-            found = self._lookup.run([], variables=self._vars, **kwargs)
+            found = k8s.read(cluster, kind, api_version, namespace, name, versions)
         except Exception as error:
             return None, _message(error)
         if name:
-            return (found[0] if found else None), ""
+            return found, ""
         return found or [], ""
 
     def _read(self, run: dict) -> dict:
@@ -312,7 +323,7 @@ class ActionModule(ActionBase):
         for cluster, group in rules.clusters_of([services[h] for h in hosts]):
             now = time.time()
             definitions = [rules.secret_patch(svc, {}, None, run["run_id"], now) for svc in group]
-            answer = k8s_write.write(definitions, cluster, "patched", ["data", "metadata.managedFields"])
+            answer = k8s.write(definitions, cluster, "patched", ["data", "metadata.managedFields"])
             entries = rules._answers(answer, len(group))
             for svc, entry in zip(group, entries, strict=False):
                 metadata = ((entry or {}).get("result") or {}).get("metadata")
@@ -335,6 +346,7 @@ class ActionModule(ActionBase):
                 verdict = judge(host, now, started)
                 if verdict["state"] != "waiting":
                     verdicts[host] = {**verdicts.get(host, {}), **verdict}
+                    verdicts[host].pop("pods", None)  # what the last waiting round waited for
                     waiting.remove(host)
                 else:
                     verdicts.setdefault(host, {}).update(verdict)
@@ -352,7 +364,16 @@ class ActionModule(ActionBase):
                 last_renew = time.time()
             if waiting:  # a poll every poll_interval, however long a round of reads took
                 interval = min(services[h]["cfg"]["poll_interval"] for h in waiting)
-                time.sleep(max(0.2, interval - (time.time() - now)))
+                left = max(0.2, interval - (time.time() - now))
+                # Waiting only for old pods to go: a watch of their namespace ends the sleep when one
+                # of them changes (goes, or ends), instead of up to a whole interval later. At most a
+                # few watches, well within the client's connection pool; a change starts a round.
+                watches = [(*self._drains[h], verdicts[h].get("pods") or []) for h in waiting
+                           if verdicts[h].get("phase") == "drain" and h in self._drains][:_WATCHES]
+                if watches and k8s.wait_for_change(watches, left):
+                    time.sleep(0.05)  # a burst of changes (several pods going at once) is one round
+                else:
+                    time.sleep(0 if watches else left)
         return verdicts
 
     # -- the waits --------------------------------------------------------------------------------
@@ -383,7 +404,11 @@ class ActionModule(ActionBase):
                         return {"state": "waiting" if now - started < request["rollout_timeout"] else "failed",
                                 "phase": "rollout", "why": f"{w['kind']} {w['name']} could not be read ({error})"}
                     objects.append(obj)
-                pods, error = self._get(request["cluster"], "Pod", request["namespace"])
+                versions: dict = {}
+                pods, error = self._get(request["cluster"], "Pod", request["namespace"], versions=versions)
+                if versions.get(("Pod", request["namespace"])):
+                    self._drains[host] = (request["cluster"], "Pod", "v1", request["namespace"],
+                                          versions[("Pod", request["namespace"])])
                 if error:
                     pods = [{"metadata": {"name": f"(pods could not be listed: {error})", "deletionTimestamp": "?"},
                              "spec": {"volumes": [{"secret": {"secretName": services[host]["secret"]}}]}}]
@@ -408,7 +433,7 @@ class ActionModule(ActionBase):
     def _restart(self, request: dict, workload: dict) -> str:
         """Restart one workload as the restart step does (the Secret's marker); '' or why it failed."""
         definition = rules.restart_definition(request["namespace"], workload, request["restart_marker"])
-        entry = rules._answers(k8s_write.write([definition], request["cluster"]), 1)[0]
+        entry = rules._answers(k8s.write([definition], request["cluster"]), 1)[0]
         return "" if ((entry or {}).get("result") or {}).get("metadata") else rules._k8s_error(entry or {})[1]
 
     def _wait_usage(self, run: dict) -> dict[str, dict]:

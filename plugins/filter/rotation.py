@@ -45,12 +45,13 @@ def _guard(func):
 def _rotation_start(inputs_by_host: dict, run_id: str, check_mode: bool = False,
                     invalid: dict | None = None) -> dict:
     """The run's state from every service's role variables."""
-    return rules.indexed(rules.start(inputs_by_host, run_id, check_mode, invalid))
+    return rules.pack(rules.indexed(rules.start(inputs_by_host, run_id, check_mode, invalid)))
 
 
 @_guard
 def _rotation_requests(run: dict, step: str, tokens: dict | None = None) -> Any:
     """What a step sends: module arguments or kubernetes.core calls for every service due for it."""
+    run = rules.unpack(run)
     now = time.time()
     if step in ("lock", "store", "promote", "rb_restore", "clear"):
         return rules.writes(run, step, tokens, now)
@@ -85,13 +86,13 @@ def _rotation_requests(run: dict, step: str, tokens: dict | None = None) -> Any:
 @_guard
 def _rotation_due(run: dict, step: str) -> list:
     """The hosts of the services due for a step."""
-    return [svc["host"] for svc in rules.due(run, step)]
+    return [svc["host"] for svc in rules.due(rules.unpack(run), step)]
 
 
 @_guard
 def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) -> dict:
     """The run's state after a step, from what the step's module answered."""
-    return rules.indexed(_fold(run, step, answer, extra))
+    return rules.pack(rules.indexed(_fold(rules.unpack(run), step, answer, extra)))
 
 
 def _fold(run: dict, step: str, answer: Any, extra: Any) -> dict:
@@ -142,7 +143,7 @@ def _fold(run: dict, step: str, answer: Any, extra: Any) -> dict:
 @_guard
 def _rotation_tokens(tokens: dict, step: str, answer: Any = None, run: dict | None = None) -> dict:
     """The tokens fact after a step that reads or creates tokens (only for no_log tasks)."""
-    tokens = dict(tokens or {})
+    tokens, run = dict(tokens or {}), rules.unpack(run)
     if step == "read":
         found = rules.inspect(run or {}, (answer or {}).get("reads") or {}, time.time())[1]
         tokens.update(found)
@@ -158,6 +159,7 @@ def _rotation_tokens(tokens: dict, step: str, answer: Any = None, run: dict | No
 @_guard
 def _rotation_report(run: dict, what: str) -> Any:
     """What the run says at the end: summary lines, outcomes, audit records, expiry, failed hosts."""
+    run = rules.unpack(run)
     if what == "lines":
         return rules.summary_lines(run)
     if what == "outcomes":
@@ -168,7 +170,8 @@ def _rotation_report(run: dict, what: str) -> Any:
         return {"lines": rules.summary_lines(run), "stats": rules.stats(run),
                 "failed": [svc["host"] for svc in run["services"].values() if svc["status"] == "failed"]}
     if what == "notify":
-        return rules.notify_hosts(run)
+        return [{"host": host, **{k: run["services"][host][k] for k in ("service", "namespace", "secret", "message")}}
+                for host in rules.notify_hosts(run)]
     if what == "audit":
         return rules.audit_records(run, time.time())
     if what == "expiry":

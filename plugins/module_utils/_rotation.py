@@ -43,6 +43,7 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_base im
     LOCK_HOLDER,
     MARKER,
     NONE,
+    PACKED,
     PENDING,
     PENDING_FP,
     PENDING_ID,
@@ -78,10 +79,12 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_base im
     fingerprint,
     indexed,
     new_name,
+    pack,
     parse_stamp,
     secret_ref,
     stamp,
     unb64,
+    unpack,
     workload_ref,
 )
 from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_inputs import (
@@ -117,6 +120,9 @@ from ansible_collections.xapi.system_auth.plugins.module_utils._rotation_workloa
 # The rules' one entry point: the filters, the action and the tests import from here.
 __all__ = [
     "indexed",
+    "PACKED",
+    "pack",
+    "unpack",
     "lookup_failure",
     "token_lookup",
     "reloader_missed",

@@ -139,6 +139,10 @@ def workload_ref(svc: dict, workload: dict) -> str:
 
 # -- selecting services -------------------------------------------------------------------------
 
+# The key of the packed run's JSON string (see pack).
+PACKED = "state_json"
+
+
 def due(run: dict, step: str) -> list[dict]:
     if step not in STEPS:
         raise RotationError(f"unknown step {step!r}")
@@ -161,6 +165,25 @@ def indexed(run: dict) -> dict:
     run["token_lookups"] = sum(1 for svc in run["services"].values()
                                if svc["step"] == "lookup" and not svc["current_id"])
     return run
+
+
+def pack(run: dict) -> dict:
+    """The run as the role keeps it between tasks: what its tasks test (``due_steps``, ``statuses``,
+    ``token_lookups``) beside the whole state as one JSON string.
+
+    Ansible walks a fact that is a nested structure value by value each time a task hands it on or
+    gets it back (some 60 ms a task for twenty services, seconds for five hundred); a string it
+    passes whole. The filters and the action unpack it (``unpack``).
+    """
+    return {"due_steps": run.get("due_steps", []), "statuses": run.get("statuses", []),
+            "token_lookups": run.get("token_lookups", 0), PACKED: json.dumps(run, separators=(",", ":"))}
+
+
+def unpack(value: Any) -> Any:
+    """The run's state from what ``pack`` gave (anything else is returned as it is)."""
+    if isinstance(value, dict) and isinstance(value.get(PACKED), str):
+        return json.loads(value[PACKED])
+    return value
 
 
 def clusters_of(services: list[dict]) -> list[tuple[dict, list[dict]]]:

@@ -292,5 +292,5 @@ def judge_workloads(svc_request: dict, svc: dict, objects: list[dict], pods: lis
             return {"state": "failed", "phase": "drain", "why": ", ".join(stale), **extra}
         which = "new" if svc_request["rollback"] else "old"
         return {"state": "waiting", "phase": "drain", "why": f"pods holding the {which} token: " + ", ".join(stale),
-                **extra}
+                "pods": stale, **extra}
     return {"state": "done", "phase": "drain", "why": "every pod that reads the Secret holds the new token"}

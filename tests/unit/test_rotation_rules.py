@@ -483,9 +483,14 @@ def test_good_inputs_pass_the_argument_spec():
 
 def test_due_steps_name_exactly_the_steps_some_service_is_due_for():
     from ansible_collections.xapi.system_auth.plugins.filter.rotation import _rotation_start
-    run = _rotation_start({"a": inputs(secret="api"), "b": inputs(rollout_timeout=-5, secret="billing")}, RUN_ID)
-    assert run["due_steps"] == ["read", "done"]
-    assert run["statuses"] == ["failed"]
+    packed = _rotation_start({"a": inputs(secret="api"), "b": inputs(rollout_timeout=-5, secret="billing")}, RUN_ID)
+    # What the role's tasks test is beside the state, which travels as one string (see pack).
+    assert set(packed) == {"due_steps", "statuses", "token_lookups", R.PACKED}
+    assert isinstance(packed[R.PACKED], str)
+    run = R.unpack(packed)
+    assert packed["due_steps"] == run["due_steps"] == ["read", "done"]
+    assert packed["statuses"] == run["statuses"] == ["failed"]
+    assert R.pack(run) == packed and R.unpack(run) is run
     run["services"]["a"]["step"] = "create"
     R.indexed(run)
     assert run["due_steps"] == ["create", "done"]
@@ -1538,7 +1543,10 @@ def test_judge_workloads(objects, pods, elapsed, state, phase, why):
     run = svc_run_at(run, "wait")
     verdict = R.judge_workloads(wait_request(run), svc_of(run), objects, pods, NOW + elapsed, NOW)
     sentence = verdict.pop("sentence", None)
+    waited_for = verdict.pop("pods", None)
     assert verdict == {"state": state, "phase": phase, "why": why}
+    # A drain names the pods it waits for, which the wait watches (and nothing else does).
+    assert waited_for == (["api-old"] if (state, phase) == ("waiting", "drain") else None)
     if state == "failed" and phase == "rollout":
         # The failure's sentence for the summary is the same, as a sentence.
         assert sentence == why[0].upper() + why[1:] + "."
