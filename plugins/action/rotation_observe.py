@@ -76,8 +76,10 @@ def _message(error: Exception) -> str:
     return f"HTTP {status}: {first}" if status and str(status) not in first else first
 
 
-# How many namespaces a wait watches at once while old pods terminate (see _poll).
-_WATCHES = 6
+# How many namespaces a wait watches at once while old pods terminate (see _poll). A watch may
+# outlive its round by up to a second, so two rounds' watches and a read must fit in the client's
+# connection pool (five connections per CPU, at least ten) without urllib3 discarding any.
+_WATCHES = 4
 
 
 def _slim(answer: dict) -> dict:
