@@ -63,6 +63,15 @@ STEPS = ("read", "lookup", "check", "preview", "lock", "discard_list", "discard"
          "promote", "restart", "wait", "usage", "health", "rb_restore", "rb_restart", "rb_wait",
          "sweep_list", "deactivate", "clear", "done")
 
+# The parts of the table the role includes only when a service is due for one of their steps
+# (tasks/main.yml includes change.yml, which includes the discard's and the rollback's files): a run
+# with nothing due skips each in one task.
+GROUPS = {
+    "change": STEPS[STEPS.index("check"):STEPS.index("done")],
+    "discard": ("discard_list", "discard"),
+    "rollback": ("rb_restore", "rb_restart", "rb_wait"),
+}
+
 KINDS = {"Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1"}
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -150,16 +159,19 @@ def due(run: dict, step: str) -> list[dict]:
 
 
 def indexed(run: dict) -> dict:
-    """The run with ``due_steps``, the steps at least one service is due for, in table order, and
-    ``statuses``, the outcomes some service has reached, and ``token_lookups``, how many services
-    due for the lookup have no credential id.
+    """The run with ``due_steps``, the steps at least one service is due for, in table order,
+    ``due_groups``, the parts of the table (``GROUPS``) with a due step, ``statuses``, the outcomes
+    some service has reached, and ``token_lookups``, how many services due for the lookup have no
+    credential id.
 
-    The role's tasks test ``step in run.due_steps`` to skip a step nobody is due for: a membership
-    test on a short list costs Ansible next to nothing, where handing the whole run (hundreds of
-    services) to a filter costs it a fifth of a second per task.
+    The role's tasks test ``step in run.due_steps`` (and its includes ``group in run.due_groups``) to
+    skip what nobody is due for: a membership test on a short list costs Ansible next to nothing,
+    where handing the whole run (hundreds of services) to a filter costs it a fifth of a second per
+    task.
     """
     at = {svc["step"] for svc in run["services"].values()}
     run["due_steps"] = [step for step in STEPS if step in at]
+    run["due_groups"] = [group for group, steps in GROUPS.items() if at.intersection(steps)]
     run["statuses"] = sorted({svc["status"] for svc in run["services"].values() if svc["status"]})
     # Secrets that hold no credential id are looked up by their token (a second lookup).
     run["token_lookups"] = sum(1 for svc in run["services"].values()
@@ -168,14 +180,15 @@ def indexed(run: dict) -> dict:
 
 
 def pack(run: dict) -> dict:
-    """The run as the role keeps it between tasks: what its tasks test (``due_steps``, ``statuses``,
-    ``token_lookups``) beside the whole state as one JSON string.
+    """The run as the role keeps it between tasks: what its tasks test (``due_steps``, ``due_groups``,
+    ``statuses``, ``token_lookups``) beside the whole state as one JSON string.
 
     Ansible walks a fact that is a nested structure value by value each time a task hands it on or
     gets it back (some 60 ms a task for twenty services, seconds for five hundred); a string it
     passes whole. The filters and the action unpack it (``unpack``).
     """
-    return {"due_steps": run.get("due_steps", []), "statuses": run.get("statuses", []),
+    return {"due_steps": run.get("due_steps", []), "due_groups": run.get("due_groups", []),
+            "statuses": run.get("statuses", []),
             "token_lookups": run.get("token_lookups", 0), PACKED: json.dumps(run, separators=(",", ":"))}
 
 

@@ -12,8 +12,8 @@ version_added: 0.1.0
 description:
   - B(Internal) to the role C(xapi.system_auth.credential_rotation); its arguments and results may
     change without notice. It is documented so that readers of the role know what its steps do.
-  - Runs on the controller as an action plugin. It reads Kubernetes objects through the
-    C(kubernetes.core.k8s) lookup and writes them with kubernetes.core's own code for
+  - Runs on the controller as an action plugin. It reads Kubernetes objects with the steps of the
+    C(kubernetes.core.k8s) lookup (one client per cluster) and writes them with kubernetes.core's own code for
     C(kubernetes.core.k8s) (no module process), calls the platform with the code of this
     collection's modules (no module process either), asks health URLs through
     C(ansible.builtin.uri), and judges every answer with the rotation's rules

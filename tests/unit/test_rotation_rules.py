@@ -485,7 +485,7 @@ def test_due_steps_name_exactly_the_steps_some_service_is_due_for():
     from ansible_collections.xapi.system_auth.plugins.filter.rotation import _rotation_start
     packed = _rotation_start({"a": inputs(secret="api"), "b": inputs(rollout_timeout=-5, secret="billing")}, RUN_ID)
     # What the role's tasks test is beside the state, which travels as one string (see pack).
-    assert set(packed) == {"due_steps", "statuses", "token_lookups", R.PACKED}
+    assert set(packed) == {"due_steps", "due_groups", "statuses", "token_lookups", R.PACKED}
     assert isinstance(packed[R.PACKED], str)
     run = R.unpack(packed)
     assert packed["due_steps"] == run["due_steps"] == ["read", "done"]
@@ -494,11 +494,30 @@ def test_due_steps_name_exactly_the_steps_some_service_is_due_for():
     run["services"]["a"]["step"] = "create"
     R.indexed(run)
     assert run["due_steps"] == ["create", "done"]
+    assert run["due_groups"] == ["change"]
     assert run["due_steps"] == [step for step in R.STEPS if R.due(run, step)]
     run["services"]["a"].update(step="lookup", current_id="")
     assert R.indexed(run)["token_lookups"] == len(R.lookup_token_hosts(run)) == 1
     run["services"]["a"]["current_id"] = "su_1"
     assert R.indexed(run)["token_lookups"] == len(R.lookup_token_hosts(run)) == 0
+
+
+@pytest.mark.parametrize(("steps", "groups"), [
+    (["done"], []),                                  # a daily run with nothing due: change.yml is skipped
+    (["read"], []),
+    (["lookup", "done"], []),
+    (["check", "done"], ["change"]),
+    (["preview"], ["change"]),
+    (["discard_list"], ["change", "discard"]),
+    (["discard", "create"], ["change", "discard"]),
+    (["rb_wait", "done"], ["change", "rollback"]),    # a resumed rollback, past its restore
+    (["rb_restore"], ["change", "rollback"]),
+    (["clear"], ["change"]),
+], ids=["nothing-due", "read", "lookup", "check", "preview", "discard-list", "discard", "rb-wait", "rb-restore",
+        "clear"])
+def test_due_groups_name_the_included_parts_some_service_is_due_for(steps, groups):
+    run = {"services": {f"h{i}": {"step": step, "status": "", "current_id": "su_1"} for i, step in enumerate(steps)}}
+    assert R.indexed(run)["due_groups"] == groups
 
 
 def test_start_fails_a_service_of_another_platform_connection():
