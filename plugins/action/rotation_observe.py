@@ -80,6 +80,11 @@ def _message(error: Exception) -> str:
 # outlive its round by up to a second, so two rounds' watches and a read must fit in the client's
 # connection pool (five connections per CPU, at least ten) without urllib3 discarding any.
 _WATCHES = 4
+# The list options of the platform modules: a call whose list is empty has nothing to send.
+_LISTS = ("id", "ids", "tokens", "users")
+# The steps whose answers the action folds into the run itself (``fold``): all but the read, the
+# create (whose answers carry tokens, which the role keeps in a fact of their own) and the inputs.
+_FOLDED = ("lookup", "call", "write", "restart", "check", "wait", "rb_wait", "usage", "health", "preview")
 
 
 def _slim(answer: dict) -> dict:
@@ -97,7 +102,8 @@ def _slim(answer: dict) -> dict:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("step", "run", "display_every", "calls", "state", "module", "args") + CONNECTION)
+    _VALID_ARGS = frozenset(("step", "run", "fold", "display_every", "calls", "state", "module", "args", "ids",
+                             "tokens") + CONNECTION)
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -109,13 +115,65 @@ class ActionModule(ActionBase):
         self._connection_args = {k: args[k] for k in CONNECTION if args.get(k) not in (None, "")}
         self._every = float(args.get("display_every", 15))
         self._drains: dict[str, tuple] = {}  # host: what to watch while its old pods go
+        if args.get("fold"):
+            return self._step_and_fold(result, str(step), str(args["fold"]), run)
+        return self._step(result, step, run)
+
+    def _step_and_fold(self, result: dict, step: str, fold: str, run: dict) -> dict:
+        """Make the step for the services due for the table's step ``fold`` and fold the answers into
+        the run (``rules.fold``): the result is the run's new state (``rules.pack``), which the task
+        registers as the run, and never the answer itself (a Secret's data, a new token).
+
+        A step nobody is due for is reported skipped and leaves the run as it was (Ansible's own skip
+        would register a skipped result in the run's place). A call with nothing to send is not made,
+        and the fold gets ``{"skipped": True}`` for its answer.
+        """
+        if not isinstance(run.get("services"), dict):
+            result.update(failed=True, msg="rotation_observe: run must be the run's state (the role's "
+                                           "_credential_rotation_run), which has no services here")
+            return result
+        if step not in _FOLDED or fold not in rules.STEPS:
+            result.update(failed=True, msg=f"rotation_observe: step {step!r} cannot be folded as {fold!r}")
+            return result
+        check_mode_write = step in ("write", "restart") and bool(self._task.check_mode)
+        if check_mode_write or not rules.due(run, fold):
+            why = "nothing is written in check mode" if check_mode_write else f"no service is due for the step {fold}"
+            result.update(rules.pack(rules.indexed(run)), skipped=True, msg=why)
+            return result
+        args, extra = self._task.args, None
+        if step == "lookup":
+            ids, tokens = args.get("ids") or [], args.get("tokens") or []
+            answer = self._call("system_user_info", {"id": ids}) if ids else {"skipped": True}
+            extra = self._call("system_user_info", {"tokens": tokens}) if tokens else {"skipped": True}
+        elif step == "call":
+            call_args = dict(args.get("args") or {})
+            nothing = any(isinstance(call_args.get(k), list) and not call_args[k] for k in _LISTS)
+            answer = {"skipped": True} if nothing else self._call(str(args.get("module")), call_args)
+        else:
+            answer = self._step({}, step, run)
+        result.update(rules.pack(rules.indexed(rules.fold(run, fold, answer, extra, time.time()))))
+        result["changed"] = bool(answer.get("changed"))
+        warnings = [w for a in (answer, extra or {}) for w in a.get("warnings") or []]
+        if warnings:  # what the modules warned about, shown as a module's warnings are
+            result["warnings"] = warnings
+        if answer.get("diff"):
+            result["diff"] = answer["diff"]
+        return result
+
+    def _call(self, module: str, call_args: dict) -> dict:
+        """One of the collection's platform modules, its own code run here (plugin_utils/_platform_call)."""
+        return platform.call(module, {**self._connection_args, **call_args},
+                             check_mode=bool(self._task.check_mode), diff=bool(self._task.diff))
+
+    def _step(self, result: dict, step: Any, run: dict) -> dict:
+        """The step's answer, for a fold (or, for the steps the role folds itself, for the task)."""
+        args = self._task.args
+        task_vars = self._vars
         if step == "inputs":
             result.update(self._inputs(task_vars or {}))
             result["_ansible_no_log"] = True  # the variables hold the admin token and webhook URLs
         elif step == "call":
-            # One of the collection's platform modules, its own code run here (plugin_utils/_platform_call).
-            answer = platform.call(str(args.get("module")), {**self._connection_args, **(args.get("args") or {})},
-                                   check_mode=bool(self._task.check_mode), diff=bool(self._task.diff))
+            answer = self._call(str(args.get("module")), dict(args.get("args") or {}))
             result.update(hide_secrets(answer, bool(self._play_context.no_log)))
         elif step in ("write", "restart") and self._task.check_mode:
             result.update(skipped=True, msg="rotation_observe writes nothing in check mode")

@@ -92,52 +92,7 @@ def _rotation_due(run: dict, step: str) -> list:
 @_guard
 def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) -> dict:
     """The run's state after a step, from what the step's module answered."""
-    return rules.pack(rules.indexed(_fold(rules.unpack(run), step, answer, extra)))
-
-
-def _fold(run: dict, step: str, answer: Any, extra: Any) -> dict:
-    now = time.time()
-    if step == "read":
-        return rules.inspect(run, (answer or {}).get("reads") or {}, now)[0]
-    if step == "lookup":
-        answer, extra = answer or {}, extra or {}
-        hosts = rules.lookup_token_hosts(run)
-        items = extra.get("results") or []
-        by_token = {host: rules.token_lookup(item) for host, item in zip(hosts, items, strict=False)}
-        return rules.decide(run, answer.get("system_users") or [], by_token, now, rules.lookup_failure(answer),
-                            rules.lookup_failure(extra, "results"))
-    if step == "check":
-        return rules.inspect_more(run, (answer or {}).get("reads") or {})
-    if step == "preview":
-        return rules.preview(run, now)[0]
-    if step in ("lock", "store", "promote", "rb_restore", "clear"):
-        results = (answer or {}).get("results") or []
-        calls = [r.get("item") for r in results]
-        return rules.fold_write(run, step, calls, results, now)
-    if step in ("restart", "rb_restart"):
-        results = (answer or {}).get("results") or []
-        return rules.fold_restart(run, step, [r.get("item") for r in results], results)
-    if step == "create":
-        return rules.fold_create(run, answer or {})[0]
-    if step == "verify":
-        return rules.fold_verify(run, answer or {})
-    if step in ("discard_list", "sweep_list"):
-        return rules.fold_list(run, step, answer or {})
-    if step in ("discard", "deactivate"):
-        return rules.fold_deactivate(run, step, answer or {})
-    if step in ("wait", "rb_wait"):
-        return rules.fold_wait(run, step, (answer or {}).get("verdicts") or {})
-    if step == "usage":
-        return rules.fold_usage(run, (answer or {}).get("verdicts") or {})
-    if step == "health":
-        return rules.fold_health(run, (answer or {}).get("verdicts") or {})
-    if step == "rollback":
-        return rules.route_rollbacks(run)
-    if step == "audited":
-        return rules.fold_audit(run, (answer or {}).get("results") or [])
-    if step == "end":
-        return rules.conclude_all(run)
-    raise rules.RotationError(f"step {step!r} has no fold")
+    return rules.pack(rules.indexed(rules.fold(rules.unpack(run), step, answer, extra, time.time())))
 
 
 @_guard

@@ -2,11 +2,12 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The credential rotation's rules, as pure functions (no I/O, no clock: ``now`` is an argument).
 
-The role ``credential_rotation`` runs one step at a time for every service of the run: a module call
-(or a kubernetes.core call, or a read through the ``rotation_observe`` action) for all services due
-for that step, then one fold of the answers through the filters in ``plugins/filter/rotation.py``,
-which hand off to the functions here. So every rule of the rotation exists once, here, with unit
-tests in ``tests/unit/test_rotation_rules.py``.
+The role ``credential_rotation`` runs one step at a time for every service of the run: a platform
+or kubernetes.core call (made by the ``rotation_observe`` action) for all services due for that
+step, whose answers are folded into the run by ``fold`` (in the action, or through the filters in
+``plugins/filter/rotation.py`` for the steps whose answers carry tokens), which hands off to the
+functions here. So every rule of the rotation exists once, here, with unit tests in
+``tests/unit/test_rotation_rules.py``.
 
 The run state is a plain dict (it lives in an Ansible fact)::
 
@@ -194,6 +195,7 @@ __all__ = [
     "due",
     "expiry_lines",
     "fingerprint",
+    "fold",
     "fold_audit",
     "fold_create",
     "fold_deactivate",
@@ -1377,3 +1379,51 @@ def fold_audit(run: dict, results: list[dict]) -> dict:
                 svc["message"] += f"; its audit record could not be written to {path} ({unwritten[path]})"
             svc["status"] = "failed"
     return run
+
+
+def fold(run: dict, step: str, answer: Any = None, extra: Any = None, now: float = 0.0) -> dict:
+    """The run after a step, from what the step's call answered (``extra``: the lookup by token's
+    answer, beside the lookup by id's). An answer of a call that was not made (nothing to send) is
+    ``{"skipped": True}`` or ``None``. The rotation_observe action folds the answers of the steps it
+    makes with this; the role's ``_rotation_fold`` filter folds the others (and the tests) with it."""
+    if step == "read":
+        return inspect(run, (answer or {}).get("reads") or {}, now)[0]
+    if step == "lookup":
+        answer, extra = answer or {}, extra or {}
+        hosts = lookup_token_hosts(run)
+        items = extra.get("results") or []
+        by_token = {host: token_lookup(item) for host, item in zip(hosts, items, strict=False)}
+        return decide(run, answer.get("system_users") or [], by_token, now, lookup_failure(answer),
+                      lookup_failure(extra, "results"))
+    if step == "check":
+        return inspect_more(run, (answer or {}).get("reads") or {})
+    if step == "preview":
+        return preview(run, now)[0]
+    if step in ("lock", "store", "promote", "rb_restore", "clear"):
+        results = (answer or {}).get("results") or []
+        return fold_write(run, step, [r.get("item") for r in results], results, now)
+    if step in ("restart", "rb_restart"):
+        results = (answer or {}).get("results") or []
+        return fold_restart(run, step, [r.get("item") for r in results], results)
+    if step == "create":
+        return fold_create(run, answer or {})[0]
+    if step == "verify":
+        return fold_verify(run, answer or {})
+    if step in ("discard_list", "sweep_list"):
+        return fold_list(run, step, answer or {})
+    if step in ("discard", "deactivate"):
+        # Only an answer with results says which ids it deactivated (a call not made has none).
+        return fold_deactivate(run, step, answer if "results" in (answer or {}) else {})
+    if step in ("wait", "rb_wait"):
+        return fold_wait(run, step, (answer or {}).get("verdicts") or {})
+    if step == "usage":
+        return fold_usage(run, (answer or {}).get("verdicts") or {})
+    if step == "health":
+        return fold_health(run, (answer or {}).get("verdicts") or {})
+    if step == "rollback":
+        return route_rollbacks(run)
+    if step == "audited":
+        return fold_audit(run, (answer or {}).get("results") or [])
+    if step == "end":
+        return conclude_all(run)
+    raise RotationError(f"step {step!r} has no fold")

@@ -39,6 +39,9 @@ description:
     O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
     URLs; O(step=preview) returns the check-mode diffs. A wait prints a progress line now and then and
     renews the run's rotation locks every third of their duration.
+  - O(step=lookup) looks the credentials up by O(ids) and by O(tokens) (M(xapi.system_auth.system_user_info)),
+    and is used with O(fold=lookup) only.
+  - With O(fold), a step's answers are folded into O(run) here, so that a step of the role is one task.
 author:
   - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
@@ -48,12 +51,35 @@ options:
     description: What to read or wait for.
     type: str
     required: true
-    choices: [inputs, read, check, write, restart, call, wait, rb_wait, usage, health, preview]
+    choices: [inputs, read, check, write, restart, call, lookup, wait, rb_wait, usage, health, preview]
   run:
     description:
-      - The run's state, as the role's C(xapi.system_auth._rotation_fold) filter keeps it.
-      - Required by every step but O(step=inputs), O(step=write), O(step=restart) and O(step=call).
+      - The run's state, as the role keeps it (what C(xapi.system_auth._rotation_start),
+        C(xapi.system_auth._rotation_fold) or a task with O(fold) returned).
+      - Required by every step but O(step=inputs), and by O(fold).
     type: dict
+  fold:
+    description:
+      - The step of the rotation's table whose answers these are (for example C(lock) for O(step=write), C(verify) for
+        O(step=call) with the module C(system_user_info)). The action then makes the step only for the services of
+        O(run) due for it, folds the answers into O(run) with the rules of C(module_utils/_rotation.py), as the
+        C(xapi.system_auth._rotation_fold) filter would, and returns the run's new state instead of the answers, for
+        the task to register as the run.
+      - When no service is due for it, nothing is called, the result is C(skipped) and the state is O(run) unchanged
+        (a task that Ansible skipped would register a skipped result in the run's place). A call with an empty
+        list to send (O(args) C(id), C(ids), C(tokens) or C(users)) is not made.
+      - Not with O(step=inputs) or O(step=read), whose answers the role folds itself.
+    type: str
+  ids:
+    description: With O(step=lookup), the credential ids to look up (M(xapi.system_auth.system_user_info) C(id)).
+    type: list
+    elements: str
+  tokens:
+    description:
+      - With O(step=lookup), the tokens of the Secrets that hold no credential id, looked up by token
+        (M(xapi.system_auth.system_user_info) C(tokens)). The task must be C(no_log).
+    type: list
+    elements: str
   module:
     description: With O(step=call), the platform module to run.
     type: str
@@ -100,8 +126,9 @@ EXAMPLES = r"""
 - name: Wait for the rollouts and the old pods
   xapi.system_auth.rotation_observe:
     step: wait
+    fold: wait
     run: "{{ _credential_rotation_run }}"
-  register: answer
+  register: _credential_rotation_run
 """
 
 RETURN = r"""
@@ -133,8 +160,19 @@ changed:
   type: bool
 verdicts:
   description: With a waiting step, per service C(state) (done, failed or skipped), C(phase) and C(why).
-  returned: step is wait, rb_wait, usage or health
+  returned: step is wait, rb_wait, usage or health, without O(fold)
   type: dict
+state_json:
+  description:
+    - With O(fold), the run's new state as one JSON string (no token in it), beside C(due_steps), C(due_groups),
+      C(statuses) and C(token_lookups); the answers themselves are not returned.
+  returned: fold is given
+  type: str
+due_steps:
+  description: With O(fold), the steps of the table some service of the run is due for next.
+  returned: fold is given
+  type: list
+  elements: str
 """
 
 from ansible_collections.xapi.system_auth.plugins.module_utils._api import new_module
@@ -144,9 +182,12 @@ def main() -> None:
     module = new_module(
         {
             "step": {"type": "str", "required": True,
-                     "choices": ["inputs", "read", "check", "write", "restart", "call", "wait", "rb_wait",
+                     "choices": ["inputs", "read", "check", "write", "restart", "call", "lookup", "wait", "rb_wait",
                                  "usage", "health", "preview"]},
             "run": {"type": "dict"},
+            "fold": {"type": "str"},
+            "ids": {"type": "list", "elements": "str"},
+            "tokens": {"type": "list", "elements": "str", "no_log": True},
             "calls": {"type": "list", "elements": "dict"},
             "state": {"type": "str", "choices": ["patched", "present"], "default": "patched"},
             "display_every": {"type": "float", "default": 15},
