@@ -77,4 +77,8 @@ if echo "$out" | grep -qE "changed=[1-9]"; then
   exit 1
 fi
 echo
-echo "demo: rotated $old_id -> $new_id with zero failed requests; the second run changed nothing."
+if [ "$old_id" = "$new_id" ]; then
+  echo "demo: nothing was due for $old_id (rotated by an earlier demo), zero failed requests; the second run changed nothing."
+else
+  echo "demo: rotated $old_id -> $new_id with zero failed requests; the second run changed nothing."
+fi

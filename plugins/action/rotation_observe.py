@@ -153,6 +153,11 @@ class ActionModule(ActionBase):
             answer = self._step({}, step, run)
         result.update(rules.pack(rules.indexed(rules.fold(run, fold, answer, extra, time.time()))))
         result["changed"] = bool(answer.get("changed"))
+        # Due, but nothing to send or wait for (no health URL, no id to deactivate): the state moves
+        # on, and the operator sees the step skipped rather than an "ok" that did nothing.
+        if (answer.get("skipped") and (extra or {"skipped": True}).get("skipped")) \
+                or (step in ("wait", "rb_wait", "usage", "health") and not answer.get("verdicts")):
+            result.update(skipped=True, msg=f"nothing to send or wait for in the step {fold}")
         warnings = [w for a in (answer, extra or {}) for w in a.get("warnings") or []]
         if warnings:  # what the modules warned about, shown as a module's warnings are
             result["warnings"] = warnings

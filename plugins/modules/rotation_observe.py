@@ -67,7 +67,8 @@ options:
         the task to register as the run.
       - When no service is due for it, nothing is called, the result is C(skipped) and the state is O(run) unchanged
         (a task that Ansible skipped would register a skipped result in the run's place). A call with an empty
-        list to send (O(args) C(id), C(ids), C(tokens) or C(users)) is not made.
+        list to send (O(args) C(id), C(ids), C(tokens) or C(users)) is not made; a due step with nothing to send
+        or wait for is folded and reported C(skipped) too.
       - Not with O(step=inputs) or O(step=read), whose answers the role folds itself.
     type: str
   ids:

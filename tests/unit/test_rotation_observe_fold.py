@@ -66,6 +66,7 @@ def test_a_call_with_nothing_to_send_is_not_made(args: dict, called: bool) -> No
     expected = R.fold(R.indexed(run), "deactivate", answer if called else {"skipped": True}, None, NOW)
     assert R.unpack(result)["services"]["h1"]["step"] == expected["services"]["h1"]["step"]
     assert result["changed"] is called
+    assert bool(result.get("skipped")) is not called  # the operator sees the step skipped
 
 
 def test_the_lookup_asks_by_id_and_by_token_and_decides_as_the_filter_would() -> None:
@@ -125,3 +126,12 @@ def test_the_fold_of_every_step_of_the_table_exists() -> None:
             json.dumps(R.fold(run, step, {"skipped": True}, None, NOW))  # each returns a plain state
     with pytest.raises(R.RotationError):
         R.fold(run, "nonsense")
+
+
+def test_a_due_step_with_nothing_to_wait_for_moves_on_and_says_skipped() -> None:
+    run, _tokens, _cluster = decided(users=[user(days=3)])  # no health URL set
+    run = R.indexed({**run, "services": {h: {**s, "step": "health"} for h, s in run["services"].items()}})
+    result, calls = folded({"step": "health", "fold": "health"}, run)
+    assert calls == [] and result["skipped"] is True
+    assert R.unpack(result)["services"]["h1"]["step"] == R.fold(run, "health", {}, None, NOW)["services"]["h1"]["step"]
+    assert R.unpack(result)["services"]["h1"]["step"] != "health"
