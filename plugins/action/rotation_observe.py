@@ -115,8 +115,15 @@ class ActionModule(ActionBase):
         self._connection_args = {k: args[k] for k in CONNECTION if args.get(k) not in (None, "")}
         self._every = float(args.get("display_every", 15))
         self._drains: dict[str, tuple] = {}  # host: what to watch while its old pods go
-        if args.get("fold"):
-            return self._step_and_fold(result, str(step), str(args["fold"]), run)
+        return self._dispatch(result, step, args.get("fold"), run)
+
+    def _dispatch(self, result: dict, step: Any, fold: Any, run: dict) -> dict:
+        if fold:
+            return self._step_and_fold(result, str(step), str(fold), run)
+        if step not in ("inputs", "read", "call"):
+            result.update(failed=True, msg=f"rotation_observe: step {step!r} needs fold, the step of the table it "
+                                           "makes (its answers are folded into the run, never returned)")
+            return result
         return self._step(result, step, run)
 
     def _step_and_fold(self, result: dict, step: str, fold: str, run: dict) -> dict:
@@ -171,7 +178,8 @@ class ActionModule(ActionBase):
                              check_mode=bool(self._task.check_mode), diff=bool(self._task.diff))
 
     def _step(self, result: dict, step: Any, run: dict) -> dict:
-        """The step's answer, for a fold (or, for the steps the role folds itself, for the task)."""
+        """The step's answer: for a fold, or for the task itself with the steps the role folds through
+        the filters (inputs, read, and the call of the create)."""
         args = self._task.args
         task_vars = self._vars
         if step == "inputs":
@@ -180,9 +188,7 @@ class ActionModule(ActionBase):
         elif step == "call":
             answer = self._call(str(args.get("module")), dict(args.get("args") or {}))
             result.update(hide_secrets(answer, bool(self._play_context.no_log)))
-        elif step in ("write", "restart") and self._task.check_mode:
-            result.update(skipped=True, msg="rotation_observe writes nothing in check mode")
-        elif step in ("write", "restart"):
+        elif step in ("write", "restart"):  # never in check mode: _step_and_fold skips them there
             # One kubernetes.core write per cluster, in this process; registered as a loop would be.
             hidden = ["data", "metadata.managedFields"] if step == "write" else None
             result["results"] = [dict(_slim(k8s.write(call["definitions"], call["cluster"],

@@ -84,12 +84,6 @@ def _rotation_requests(run: dict, step: str, tokens: dict | None = None) -> Any:
 
 
 @_guard
-def _rotation_due(run: dict, step: str) -> list:
-    """The hosts of the services due for a step."""
-    return [svc["host"] for svc in rules.due(rules.unpack(run), step)]
-
-
-@_guard
 def _rotation_fold(run: dict, step: str, answer: Any = None, extra: Any = None) -> dict:
     """The run's state after a step, from what the step's module answered."""
     return rules.pack(rules.indexed(rules.fold(rules.unpack(run), step, answer, extra, time.time())))
@@ -142,5 +136,5 @@ class FilterModule:
     """The credential_rotation role's rules, reached from its tasks."""
 
     def filters(self) -> dict:
-        return {f.__name__: f for f in (_rotation_start, _rotation_requests, _rotation_due, _rotation_fold,
+        return {f.__name__: f for f in (_rotation_start, _rotation_requests, _rotation_fold,
                                         _rotation_tokens, _rotation_report)}

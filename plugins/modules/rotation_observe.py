@@ -26,8 +26,7 @@ description:
     change something.
   - O(step=write) and O(step=restart) apply O(calls) (the Secrets' patches, the workloads' restart
     patches) as C(kubernetes.core.k8s) with O(state), C(merge_type=merge) and
-    C(continue_on_error=true) would, one call per cluster, and return the module's answers as a
-    loop over O(calls) would register them.
+    C(continue_on_error=true) would, one call per cluster (nothing in check mode).
   - O(step=call) runs O(module) (M(xapi.system_auth.system_user), M(xapi.system_auth.system_user_info)
     or M(xapi.system_auth.system_user_deactivate)) with O(args) and the connection options in this
     process, as that module would run. Its argument spec checks O(args) with the same sentences, its
@@ -37,11 +36,12 @@ description:
   - O(step=wait) and O(step=rb_wait) wait for the rollouts by the rules of C(kubectl rollout status)
     and until no pod that reads the Secret may still hold the token being retired;
     O(step=usage) until the platform sees the new credentials used; O(step=health) for the health
-    URLs; O(step=preview) returns the check-mode diffs. A wait prints a progress line now and then and
+    URLs; O(step=preview) gives the check-mode diffs. A wait prints a progress line now and then and
     renews the run's rotation locks every third of their duration.
   - O(step=lookup) looks the credentials up by O(ids) and by O(tokens) (M(xapi.system_auth.system_user_info)),
     and is used with O(fold=lookup) only.
-  - With O(fold), a step's answers are folded into O(run) here, so that a step of the role is one task.
+  - Every step but O(step=inputs), O(step=read) and O(step=call) needs O(fold). Its answers are folded into
+    O(run) here, so that a step of the role is one task, and only the run's new state is returned.
 author:
   - xapi.system_auth maintainers (@xapi)
 extends_documentation_fragment:
@@ -69,7 +69,8 @@ options:
         (a task that Ansible skipped would register a skipped result in the run's place). A call with an empty
         list to send (O(args) C(id), C(ids), C(tokens) or C(users)) is not made; a due step with nothing to send
         or wait for is folded and reported C(skipped) too.
-      - Not with O(step=inputs) or O(step=read), whose answers the role folds itself.
+      - Not with O(step=inputs) or O(step=read), whose answers the role folds itself; required by every other step
+        but O(step=call) (the create, whose answer the role folds itself, since it holds the new tokens).
     type: str
   ids:
     description: With O(step=lookup), the credential ids to look up (M(xapi.system_auth.system_user_info) C(id)).
@@ -149,20 +150,10 @@ webhooks:
   description: With O(step=inputs), per host the failure webhook URL, for the hosts that set one (hidden).
   returned: step is inputs
   type: dict
-results:
-  description:
-    - With O(step=write) or O(step=restart), one C(kubernetes.core.k8s) answer per call, with the call as C(item).
-  returned: step is write or restart
-  type: list
-  elements: dict
 changed:
-  description: With O(step=call), whether the module changed something; the rest of its answer is at the top too.
+  description: Whether the step changed something (with O(step=call), the module's answer is at the top too).
   returned: always
   type: bool
-verdicts:
-  description: With a waiting step, per service C(state) (done, failed or skipped), C(phase) and C(why).
-  returned: step is wait, rb_wait, usage or health, without O(fold)
-  type: dict
 state_json:
   description:
     - With O(fold), the run's new state as one JSON string (no token in it), beside C(due_steps), C(due_groups),

@@ -135,3 +135,12 @@ def test_a_due_step_with_nothing_to_wait_for_moves_on_and_says_skipped() -> None
     assert calls == [] and result["skipped"] is True
     assert R.unpack(result)["services"]["h1"]["step"] == R.fold(run, "health", {}, None, NOW)["services"]["h1"]["step"]
     assert R.unpack(result)["services"]["h1"]["step"] != "health"
+
+
+
+@pytest.mark.parametrize("step", ["write", "restart", "check", "wait", "usage", "health", "preview", "lookup"])
+def test_a_step_the_role_always_folds_fails_without_fold(step: str) -> None:
+    run, _tokens, _cluster = read_run()
+    module, calls = action({"step": step})
+    result = module._dispatch({}, step, None, R.indexed(run))
+    assert result["failed"] is True and "needs fold" in result["msg"] and calls == []
